@@ -1,0 +1,184 @@
+"""Per-CPU TLBs: VMID-tagged leaf entries and walk-cache (table) entries.
+
+Entries are kept per level in dicts keyed by `(ipa >> level_shift) << 16 | vmid`,
+so a lookup is one dict probe per leaf level. A lookup that matches entries
+at two levels (e.g. a stale 4 KiB page and a new 1 GiB block) is a TLB
+conflict: it is returned as such, never resolved silently.
+
+Simplifications (docs/model.md): capacity is counted across all leaf levels
+with FIFO or LRU replacement (real TLBs are set-associative, often
+pseudo-LRU); a TLB fills only on walks the model performs (no speculative
+fills); invalidations take effect on every CPU at the issuing CPU's DSB.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+VMID_BITS = 16
+VMID_MASK = (1 << VMID_BITS) - 1
+
+# TLBI operations (stage-2 only forms; Arm ARM C5.5 "TLB maintenance instructions").
+VMALLS12E1IS = "VMALLS12E1IS"
+IPAS2E1IS = "IPAS2E1IS"
+IPAS2LE1IS = "IPAS2LE1IS"
+RIPAS2E1IS = "RIPAS2E1IS"
+RIPAS2LE1IS = "RIPAS2LE1IS"
+TLBI_OPS = (VMALLS12E1IS, IPAS2E1IS, IPAS2LE1IS, RIPAS2E1IS, RIPAS2LE1IS)
+
+
+@dataclass(frozen=True, slots=True)
+class Conflict:
+    """Two or more cached leaf entries translate one address: (level, desc) each."""
+
+    ipa: int
+    hits: tuple
+
+
+class TLB:
+    """One CPU's TLB. `capacity`/`walk_capacity` None means unbounded."""
+
+    def __init__(self, shifts: tuple, leaf_levels: tuple, table_levels: tuple,
+                 capacity: int | None = 2048, walk_capacity: int | None = 64,
+                 policy: str = "lru") -> None:
+        if policy not in ("lru", "fifo"):
+            raise ValueError(f"TLB replacement policy {policy!r}: use lru or fifo")
+        self.shifts = shifts
+        self.capacity, self.walk_capacity, self.policy = capacity, walk_capacity, policy
+        self.leaf: dict[int, dict[int, int]] = {lvl: {} for lvl in leaf_levels}
+        self.walkc: dict[int, dict[int, tuple]] = {lvl: {} for lvl in table_levels}
+        self._probe = tuple((lvl, shifts[lvl], self.leaf[lvl]) for lvl in sorted(leaf_levels))
+        self._wprobe = tuple((lvl, shifts[lvl], self.walkc[lvl])
+                             for lvl in sorted(table_levels, reverse=True))
+        self._order: dict[tuple[int, int], None] = {}
+        self._worder: dict[tuple[int, int], None] = {}
+        self.hits = self.misses = self.conflicts = self.evictions = 0
+        self._lru = policy == "lru" and capacity is not None
+
+    # --- lookups -------------------------------------------------------------
+    def lookup(self, vmid: int, ipa: int) -> tuple[int, int] | Conflict | None:
+        """(level, desc) of the cached leaf translating `ipa`, a Conflict, or None."""
+        found = None
+        for lvl, shift, dct in self._probe:
+            if dct:
+                desc = dct.get(((ipa >> shift) << 16) | vmid)
+                if desc is not None:
+                    if found is not None:
+                        return self._conflict(vmid, ipa)
+                    found = (lvl, desc)
+        if found is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        if self._lru:
+            k = (found[0], ((ipa >> self.shifts[found[0]]) << 16) | vmid)
+            o = self._order
+            del o[k]
+            o[k] = None
+        return found
+
+    def _conflict(self, vmid: int, ipa: int) -> Conflict:
+        hits = []
+        for lvl, shift, dct in self._probe:
+            desc = dct.get(((ipa >> shift) << 16) | vmid)
+            if desc is not None:
+                hits.append((lvl, desc))
+        self.conflicts += 1
+        return Conflict(ipa, tuple(hits))
+
+    def walk_lookup(self, vmid: int, ipa: int) -> tuple[int, int, int] | None:
+        """Deepest cached table entry for `ipa`: (level, next table PA, generation)."""
+        for lvl, shift, dct in self._wprobe:
+            e = dct.get(((ipa >> shift) << 16) | vmid)
+            if e is not None:
+                return (lvl,) + e
+        return None
+
+    # --- fills ---------------------------------------------------------------
+    def fill(self, vmid: int, ipa: int, level: int, desc: int) -> None:
+        key = ((ipa >> self.shifts[level]) << 16) | vmid
+        self.leaf[level][key] = desc
+        if self.capacity is None:
+            return
+        o = self._order
+        o.pop((level, key), None)
+        o[(level, key)] = None
+        while len(o) > self.capacity:
+            lvl, k = next(iter(o))
+            del o[(lvl, k)]
+            del self.leaf[lvl][k]
+            self.evictions += 1
+
+    def fill_walk(self, vmid: int, ipa: int, level: int, table_pa: int, gen: int) -> None:
+        """Cache the table entry at `level` that points to `table_pa` (generation `gen`)."""
+        key = ((ipa >> self.shifts[level]) << 16) | vmid
+        self.walkc[level][key] = (table_pa, gen)
+        if self.walk_capacity is None:
+            return
+        o = self._worder
+        o.pop((level, key), None)
+        o[(level, key)] = None
+        while len(o) > self.walk_capacity:
+            lvl, k = next(iter(o))
+            del o[(lvl, k)]
+            del self.walkc[lvl][k]
+
+    # --- invalidation --------------------------------------------------------
+    def invalidate(self, op: str, vmid: int, ipa: int = 0, size: int = 0, ttl: int = -1) -> int:
+        """Apply one completed TLBI to this TLB; returns entries removed."""
+        if op == VMALLS12E1IS:
+            return self._drop_all(vmid)
+        if op in (IPAS2E1IS, IPAS2LE1IS):
+            size = 1
+        last_only = op in (IPAS2LE1IS, RIPAS2LE1IS)
+        n = 0
+        for lvl, dct in self.leaf.items():
+            if ttl >= 0 and lvl != ttl:
+                continue  # FEAT_TTL: a wrong level hint may leave the entry in place
+            n += self._drop_range(dct, self._order, lvl, vmid, ipa, size)
+        if not last_only:
+            for lvl, dct in self.walkc.items():
+                n += self._drop_range(dct, self._worder, lvl, vmid, ipa, size)
+        return n
+
+    def _drop_range(self, dct: dict, order: dict, lvl: int, vmid: int, ipa: int,
+                    size: int) -> int:
+        shift = self.shifts[lvl]
+        first, last = ipa >> shift, (ipa + size - 1) >> shift
+        if last - first < len(dct):
+            keys = [k for k in ((i << 16) | vmid for i in range(first, last + 1)) if k in dct]
+        else:
+            keys = [k for k in dct if (k & VMID_MASK) == vmid and first <= (k >> 16) <= last]
+        for k in keys:
+            del dct[k]
+            order.pop((lvl, k), None)
+        return len(keys)
+
+    def _drop_all(self, vmid: int) -> int:
+        n = 0
+        for group, order in ((self.leaf, self._order), (self.walkc, self._worder)):
+            for lvl, dct in group.items():
+                keys = [k for k in dct if (k & VMID_MASK) == vmid]
+                for k in keys:
+                    del dct[k]
+                    order.pop((lvl, k), None)
+                n += len(keys)
+        return n
+
+    # --- inspection ----------------------------------------------------------
+    def leaf_entries(self, vmid: int | None = None):
+        """Yield (level, vmid, base ipa, desc) of every cached leaf entry."""
+        for lvl, dct in self.leaf.items():
+            for k, desc in dct.items():
+                if vmid is None or (k & VMID_MASK) == vmid:
+                    yield lvl, k & VMID_MASK, (k >> 16) << self.shifts[lvl], desc
+
+    def walk_entries(self, vmid: int | None = None):
+        """Yield (level, vmid, base ipa, table_pa, generation) of walk-cache entries."""
+        for lvl, dct in self.walkc.items():
+            for k, (pa, gen) in dct.items():
+                if vmid is None or (k & VMID_MASK) == vmid:
+                    yield lvl, k & VMID_MASK, (k >> 16) << self.shifts[lvl], pa, gen
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self.leaf.values())
