@@ -24,7 +24,11 @@ IPAS2E1IS = "IPAS2E1IS"
 IPAS2LE1IS = "IPAS2LE1IS"
 RIPAS2E1IS = "RIPAS2E1IS"
 RIPAS2LE1IS = "RIPAS2LE1IS"
-TLBI_OPS = (VMALLS12E1IS, IPAS2E1IS, IPAS2LE1IS, RIPAS2E1IS, RIPAS2LE1IS)
+# Stage-1 (and combined stage-1+2) entries of the current VMID. With stage 1
+# off, every leaf entry here is such a combined entry; walk-cache entries of
+# the stage-2 tables are untouched. KVM issues it after IPAS2E1IS.
+VMALLE1IS = "VMALLE1IS"
+TLBI_OPS = (VMALLS12E1IS, IPAS2E1IS, IPAS2LE1IS, RIPAS2E1IS, RIPAS2LE1IS, VMALLE1IS)
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +132,8 @@ class TLB:
         """Apply one completed TLBI to this TLB; returns entries removed."""
         if op == VMALLS12E1IS:
             return self._drop_all(vmid)
+        if op == VMALLE1IS:
+            return self._drop_all(vmid, walk=False)
         if op in (IPAS2E1IS, IPAS2LE1IS):
             size = 1
         last_only = op in (IPAS2LE1IS, RIPAS2LE1IS)
@@ -154,9 +160,11 @@ class TLB:
             order.pop((lvl, k), None)
         return len(keys)
 
-    def _drop_all(self, vmid: int) -> int:
+    def _drop_all(self, vmid: int, walk: bool = True) -> int:
         n = 0
-        for group, order in ((self.leaf, self._order), (self.walkc, self._worder)):
+        groups = ((self.leaf, self._order), (self.walkc, self._worder)) if walk else (
+            (self.leaf, self._order),)
+        for group, order in groups:
             for lvl, dct in group.items():
                 keys = [k for k in dct if (k & VMID_MASK) == vmid]
                 for k in keys:

@@ -1,0 +1,142 @@
+"""Coalescing strategies: how a table entry that must become a block is replaced.
+
+Each strategy is one generator over the Steps that replace the table entry at
+`page[index]` (level `level`, mapping `addr`) with the block `block`, given
+the old table descriptor `old`. They differ only in the order of the same
+effects; the final table is identical (tested).
+
+The teardown of the old subtree is one bulk step (`PageTable.teardown`): by
+then no CPU can reach it (except in the mutants), so its 512 (or 262,656)
+entry visits are charged in bulk rather than interleaved.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Generator
+
+if TYPE_CHECKING:
+    from s2sim.kvm.pgtable import MapContext
+
+CMO_FAULT, CMO_MAP = "fault", "map"
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A named coalescing order. `run(ctx, ...)` yields its steps."""
+
+    name: str
+    summary: str
+    unsafe: bool = False
+
+    def run(self, ctx: "MapContext", addr: int, level: int, page, index: int, old: int,
+            block: int) -> Generator:
+        return _ORDERS[self.name](ctx, addr, level, page, index, old, block)
+
+
+def _unmap_first(ctx, addr, level, page, index, old, block):
+    """v5.11: break, TLBI VMID, tear down the old subtree, then install the block.
+
+    The entry is invalid through the whole teardown (and the CMO with patch 1).
+    """
+    yield ctx.pt.set_invalid(page, index, addr, ctx.cpu)
+    yield from ctx.pt.tlbi_vmid(ctx.cpu)
+    yield ctx.pt.teardown(old, level + 1, ctx.cpu, parent=page)
+    if ctx.cmo_in_map:
+        yield ctx.pt.cmo(block, level, ctx.cpu)
+    yield ctx.pt.set_pte(page, index, block, addr, ctx.cpu)
+
+
+def _block_first_nocmo(ctx, addr, level, page, index, old, block):
+    """The seed as posted (RFC 3/4): break, TLBI VMID, install (no CMO), tear down."""
+    yield ctx.pt.set_invalid(page, index, addr, ctx.cpu)
+    yield from ctx.pt.tlbi_vmid(ctx.cpu)
+    yield ctx.pt.set_pte(page, index, block, addr, ctx.cpu)
+    yield ctx.pt.teardown(old, level + 1, ctx.cpu, parent=page)
+
+
+def _block_first(ctx, addr, level, page, index, old, block):
+    """Mainline 6.2: break, TLBI, clean the block to PoC, install, tear down."""
+    yield ctx.pt.set_invalid(page, index, addr, ctx.cpu)
+    yield from ctx.pt.tlbi_vmid(ctx.cpu)
+    if ctx.cmo_in_map:
+        yield ctx.pt.cmo(block, level, ctx.cpu)
+    yield ctx.pt.set_pte(page, index, block, addr, ctx.cpu)
+    yield ctx.pt.teardown(old, level + 1, ctx.cpu, parent=page)
+
+
+def _cmo_first(ctx, addr, level, page, index, old, block):
+    """Clean the block while the old table still serves, then break, TLBI, install."""
+    if ctx.cmo_in_map:
+        yield ctx.pt.cmo(block, level, ctx.cpu)
+    yield ctx.pt.set_invalid(page, index, addr, ctx.cpu)
+    yield from ctx.pt.tlbi_vmid(ctx.cpu)
+    yield ctx.pt.set_pte(page, index, block, addr, ctx.cpu)
+    yield ctx.pt.teardown(old, level + 1, ctx.cpu, parent=page)
+
+
+def _bbml2(ctx, addr, level, page, index, old, block):
+    """FEAT_BBM level 2: table -> block in one write, TLBI after, teardown after the DSB."""
+    if ctx.cmo_in_map:
+        yield ctx.pt.cmo(block, level, ctx.cpu)
+    yield ctx.pt.set_pte(page, index, block, addr, ctx.cpu)
+    yield from ctx.pt.tlbi_vmid(ctx.cpu)
+    yield ctx.pt.teardown(old, level + 1, ctx.cpu, parent=page)
+
+
+_ORDERS = {
+    "unmap-first": _unmap_first,
+    "block-first-nocmo": _block_first_nocmo,
+    "block-first": _block_first,
+    "cmo-first": _cmo_first,
+    "bbml2": _bbml2,
+}
+
+STRATEGIES = {
+    "unmap-first": Strategy("unmap-first", "v5.11: invalid -> TLBI VMID -> free subtree -> block"),
+    "block-first-nocmo": Strategy("block-first-nocmo",
+                                  "seed as posted: invalid -> TLBI -> block (no CMO) -> free"),
+    "block-first": Strategy("block-first", "6.2: invalid -> TLBI -> CMO -> block -> free"),
+    "cmo-first": Strategy("cmo-first", "CMO -> invalid -> TLBI -> block -> free"),
+    "bbml2": Strategy("bbml2", "FEAT_BBM L2: CMO -> block over table -> TLBI -> free"),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A preset: a coalescing strategy plus where the fault path's CMO happens."""
+
+    name: str
+    coalesce: str
+    cmo: str
+    summary: str
+
+
+VARIANTS = {
+    "v5.11": Variant("v5.11", "unmap-first", CMO_FAULT,
+                     "CMO of the whole mapping in the fault handler; coalesce unmap-first"),
+    "patch1": Variant("patch1", "unmap-first", CMO_MAP,
+                      "CMO only when a new leaf is installed; coalesce unmap-first"),
+    "rfc": Variant("rfc", "block-first-nocmo", CMO_MAP, "patch1 + the seed as posted"),
+    "block-first": Variant("block-first", "block-first", CMO_MAP, "patch1 + mainline 6.2 order"),
+    "cmo-first": Variant("cmo-first", "cmo-first", CMO_MAP, "patch1 + clean before the break"),
+    "bbml2": Variant("bbml2", "bbml2", CMO_MAP, "patch1 + FEAT_BBM level 2 replacement"),
+}
+
+
+def variant(name: str, coalesce: str | None = None, cmo: str | None = None) -> Variant:
+    """Look up a preset, optionally overriding its strategy or CMO placement."""
+    from s2sim.errors import ConfigError
+
+    v = VARIANTS.get(name)
+    if v is None:
+        raise ConfigError(f"variant {name!r} is unknown; use one of {', '.join(VARIANTS)}")
+    if coalesce is not None and coalesce not in STRATEGIES:
+        raise ConfigError(f"coalescing strategy {coalesce!r} is unknown; use one of "
+                          f"{', '.join(STRATEGIES)}")
+    if cmo is not None and cmo not in (CMO_FAULT, CMO_MAP):
+        raise ConfigError(f"CMO placement {cmo!r} is unknown; use fault or map")
+    if coalesce is None and cmo is None:
+        return v
+    c, m = coalesce or v.coalesce, cmo or v.cmo
+    return Variant(f"{v.name}[{c},{m}]", c, m, f"{v.summary} (overridden: {c}, cmo {m})")
