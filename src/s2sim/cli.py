@@ -9,7 +9,7 @@ import typer
 
 from s2sim.arch import descriptors as desc
 from s2sim.arch.geometry import Geometry, fmt_size
-from s2sim.errors import S2SimError, parse_int
+from s2sim.errors import ConfigError, S2SimError, parse_int
 from s2sim.report.render import console, dumps, kv_table, table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -68,6 +68,75 @@ def decode(value: str = typer.Argument(..., help="descriptor value, e.g. 0x40000
                  ("SH", f"{d.sh:#04b}"), ("AF", d.af), ("XN", d.xn), ("DBM", d.dbm),
                  ("Contiguous", d.contiguous), ("nT", d.nt), ("SW", f"{d.sw:#06b}")]
     console().print(kv_table("stage-2 descriptor", rows))
+
+
+@app.command()
+def ops(script: list[str] = typer.Argument(None, help="operations, one per argument "
+                                           "(or use --file)"),
+        file: Optional[str] = typer.Option(None, "--file", "-f", help="script file, one op per line"),
+        granule: str = typer.Option("4K", help="4K, 16K or 64K"),
+        ipa_bits: int = typer.Option(40, "--ipa-bits", help="IPA size in bits, 32..48"),
+        variant: str = typer.Option("v5.11", help="preset: v5.11, patch1, rfc, block-first, "
+                                    "cmo-first, bbml2"),
+        coalesce: Optional[str] = typer.Option(None, help="override the coalescing strategy"),
+        cmo: Optional[str] = typer.Option(None, help="override CMO placement: fault or map"),
+        fwb: bool = typer.Option(False, "--fwb", help="the CPU has FEAT_S2FWB"),
+        limit: int = typer.Option(200, help="print at most this many steps and entries"),
+        json_out: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """Run page-table operations on a fresh table; print the steps and the final table.
+
+    Script lines: map IPA SIZE PA PROT [as LEAFSIZE] | unmap IPA SIZE |
+    wrprotect IPA SIZE | relax IPA PROT | mkold IPA SIZE | mkyoung IPA |
+    flush IPA SIZE | destroy
+    """
+    from s2sim.kvm.coalesce import variant as get_variant
+    from s2sim.kvm.opsrun import run_script
+    from s2sim.workloads.opscript import parse_script
+
+    g = Geometry.make(granule, ipa_bits)
+    v = get_variant(variant, coalesce, cmo)
+    if file is not None:
+        try:
+            with open(file, encoding="utf-8") as fh:
+                lines = fh.read().splitlines()
+        except OSError as e:
+            raise ConfigError(f"script file {file!r} cannot be read: {e.strerror}") from None
+    else:
+        lines = list(script or [])
+    result = run_script(parse_script(lines), g, v, fwb)
+    result["config"] = {"granule": g.granule, "ipa_bits": g.ipa_bits, "variant": v.name,
+                        "coalesce": v.coalesce, "cmo": v.cmo, "fwb": fwb}
+    if json_out:
+        print(dumps(result))
+        return
+    c = console()
+    rows = []
+    for i, s in enumerate(result["steps"][:limit]):
+        what = ""
+        if s["kind"] == "write":
+            what = (f"L{s['level']} IPA {s['ipa']:#x}: "
+                    f"{desc.describe(s['old'], s['level'], g, fwb)} -> "
+                    f"{desc.describe(s['new'], s['level'], g, fwb)}"
+                    + (" (break)" if s.get("note") == "break" else ""))
+        elif s["kind"] == "tlbi":
+            what = s["tlbi"] + (f" IPA {s['ipa']:#x}" if s["ipa"] >= 0 else "")
+        elif s["kind"] == "cmo":
+            what = f"DC CIVAC PA {s['pa']:#x} +{fmt_size(s['size'])}"
+        elif s["kind"] == "teardown":
+            what = f"free subtree at {s['pa']:#x}: {s['pages']} pages, {s['entries']} entries"
+        elif s["kind"] in ("free", "alloc"):
+            what = f"page {s['pa']:#x}"
+        rows.append([i, s["op"], s["kind"], what])
+    c.print(table(f"steps ({len(result['steps'])}, variant {v.name})",
+                  ["#", "op", "kind", "effect"], rows))
+    if len(result["steps"]) > limit:
+        c.print(f"... {len(result['steps']) - limit} more steps (--limit, or --json for all)")
+    ent = result["table"]
+    c.print(table(f"final table ({len(ent)} valid entries)", ["level", "IPA", "entry"],
+                  [[e["level"], f"{e['ipa']:#x}", desc.describe(int(e["desc"], 16), e["level"],
+                                                               g, fwb)] for e in ent[:limit]]))
+    if len(ent) > limit:
+        c.print(f"... {len(ent) - limit} more entries")
 
 
 def main(argv: Optional[list[str]] = None) -> None:
