@@ -42,6 +42,7 @@ class Machine:
         self.tlbs = [TLB(geo.shifts, geo.leaf_levels(), table_levels, tlb_capacity,
                          walk_capacity, tlb_policy) for _ in range(ncpus)]
         self._pending: dict[int, list[tuple]] = {}
+        self.last_walk_levels = 0
         self.counts = {"writes": 0, "tlbi": 0, "dsb": 0, "cmo_bytes": 0, "walks": 0}
 
     @property
@@ -153,6 +154,7 @@ class Machine:
         start = None if wc is None else (wc[0] + 1, wc[1])
         res, path = walk_path(self.mem, geo, vttbr.baddr, ipa, access, self.ha, start)
         self.counts["walks"] += 1
+        self.last_walk_levels = res.level - (geo.start_level if start is None else start[0]) + 1
         bus = self.bus
         for level, _tpa, _idx, desc in path:
             nxt = desc & geo.table_mask

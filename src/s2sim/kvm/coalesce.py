@@ -39,49 +39,49 @@ def _unmap_first(ctx, addr, level, page, index, old, block):
 
     The entry is invalid through the whole teardown (and the CMO with patch 1).
     """
-    yield ctx.pt.set_invalid(page, index, addr, ctx.cpu)
+    yield from ctx.pt.set_invalid(page, index, addr, ctx.cpu)
     yield from ctx.pt.tlbi_vmid(ctx.cpu)
-    yield ctx.pt.teardown(old, level + 1, ctx.cpu, parent=page)
+    yield from ctx.pt.teardown(old, level + 1, ctx.cpu)
     if ctx.cmo_in_map:
-        yield ctx.pt.cmo(block, level, ctx.cpu)
-    yield ctx.pt.set_pte(page, index, block, addr, ctx.cpu)
+        yield from ctx.pt.cmo(block, level, ctx.cpu)
+    yield from ctx.pt.set_pte(page, index, block, addr, ctx.cpu)
 
 
 def _block_first_nocmo(ctx, addr, level, page, index, old, block):
     """The seed as posted (RFC 3/4): break, TLBI VMID, install (no CMO), tear down."""
-    yield ctx.pt.set_invalid(page, index, addr, ctx.cpu)
+    yield from ctx.pt.set_invalid(page, index, addr, ctx.cpu)
     yield from ctx.pt.tlbi_vmid(ctx.cpu)
-    yield ctx.pt.set_pte(page, index, block, addr, ctx.cpu)
-    yield ctx.pt.teardown(old, level + 1, ctx.cpu, parent=page)
+    yield from ctx.pt.set_pte(page, index, block, addr, ctx.cpu)
+    yield from ctx.pt.teardown(old, level + 1, ctx.cpu)
 
 
 def _block_first(ctx, addr, level, page, index, old, block):
     """Mainline 6.2: break, TLBI, clean the block to PoC, install, tear down."""
-    yield ctx.pt.set_invalid(page, index, addr, ctx.cpu)
+    yield from ctx.pt.set_invalid(page, index, addr, ctx.cpu)
     yield from ctx.pt.tlbi_vmid(ctx.cpu)
     if ctx.cmo_in_map:
-        yield ctx.pt.cmo(block, level, ctx.cpu)
-    yield ctx.pt.set_pte(page, index, block, addr, ctx.cpu)
-    yield ctx.pt.teardown(old, level + 1, ctx.cpu, parent=page)
+        yield from ctx.pt.cmo(block, level, ctx.cpu)
+    yield from ctx.pt.set_pte(page, index, block, addr, ctx.cpu)
+    yield from ctx.pt.teardown(old, level + 1, ctx.cpu)
 
 
 def _cmo_first(ctx, addr, level, page, index, old, block):
     """Clean the block while the old table still serves, then break, TLBI, install."""
     if ctx.cmo_in_map:
-        yield ctx.pt.cmo(block, level, ctx.cpu)
-    yield ctx.pt.set_invalid(page, index, addr, ctx.cpu)
+        yield from ctx.pt.cmo(block, level, ctx.cpu)
+    yield from ctx.pt.set_invalid(page, index, addr, ctx.cpu)
     yield from ctx.pt.tlbi_vmid(ctx.cpu)
-    yield ctx.pt.set_pte(page, index, block, addr, ctx.cpu)
-    yield ctx.pt.teardown(old, level + 1, ctx.cpu, parent=page)
+    yield from ctx.pt.set_pte(page, index, block, addr, ctx.cpu)
+    yield from ctx.pt.teardown(old, level + 1, ctx.cpu)
 
 
 def _bbml2(ctx, addr, level, page, index, old, block):
     """FEAT_BBM level 2: table -> block in one write, TLBI after, teardown after the DSB."""
     if ctx.cmo_in_map:
-        yield ctx.pt.cmo(block, level, ctx.cpu)
-    yield ctx.pt.set_pte(page, index, block, addr, ctx.cpu)
+        yield from ctx.pt.cmo(block, level, ctx.cpu)
+    yield from ctx.pt.set_pte(page, index, block, addr, ctx.cpu)
     yield from ctx.pt.tlbi_vmid(ctx.cpu)
-    yield ctx.pt.teardown(old, level + 1, ctx.cpu, parent=page)
+    yield from ctx.pt.teardown(old, level + 1, ctx.cpu)
 
 
 _ORDERS = {

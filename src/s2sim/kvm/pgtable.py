@@ -73,43 +73,48 @@ class Stage2PageTable:
         self.ttl = ttl  # FEAT_TTL: TLBI by IPA carries the level hint
         self.vttbr: Vttbr = machine.alloc_root(vmid, cpu)
         self.vmid = vmid
+        self.fast = True  # map's one-leaf fast path (tested equal to the walker)
 
-    # --- helpers: one effect each, returning its Step ------------------------
-    def set_pte(self, page: TablePage, idx: int, new: int, addr: int, cpu: int) -> Step:
-        old = self.machine.write(page, idx, new, addr, cpu)
-        return Step(WRITE, page.level, addr, old, new)
+    # --- helpers: one effect each, as a generator: the Step first, then the effect ----
+    # A Step is yielded *before* its effect: the driver charges its cost, and the
+    # effect becomes visible when the cost has been paid (a write once stored, a
+    # CMO once complete). Invisible work can then be batched without reordering.
+    def set_pte(self, page: TablePage, idx: int, new: int, addr: int, cpu: int) -> Generator:
+        yield Step(WRITE, page.level, addr, page.entries[idx], new)
+        self.machine.write(page, idx, new, addr, cpu)
 
-    def set_invalid(self, page: TablePage, idx: int, addr: int, cpu: int) -> Step:
-        """Break: clear only the valid bit (v5.11's kvm_set_invalid_pte)."""
+    def set_invalid(self, page: TablePage, idx: int, addr: int, cpu: int,
+                    note: str = "break") -> Generator:
+        """Clear only the valid bit (v5.11's kvm_set_invalid_pte)."""
         old = page.entries[idx]
+        yield Step(WRITE, page.level, addr, old, old & ~1 & d.U64, note=note)
         self.machine.write(page, idx, old & ~1 & d.U64, addr, cpu)
-        return Step(WRITE, page.level, addr, old, old & ~1 & d.U64, note="break")
 
     def tlbi_vmid(self, cpu: int) -> Generator:
         """__kvm_tlb_flush_vmid: TLBI VMALLS12E1IS; DSB ISH."""
-        self.machine.tlbi(VMALLS12E1IS, self.vmid, cpu=cpu)
         yield Step(TLBI, tlbi=VMALLS12E1IS)
-        self.machine.dsb(cpu)
+        self.machine.tlbi(VMALLS12E1IS, self.vmid, cpu=cpu)
         yield Step(DSB)
+        self.machine.dsb(cpu)
 
     def tlbi_ipa(self, addr: int, level: int, cpu: int) -> Generator:
         """__kvm_tlb_flush_vmid_ipa: IPAS2E1IS; DSB; VMALLE1IS; DSB."""
         ttl = level if self.ttl else -1
-        self.machine.tlbi(IPAS2E1IS, self.vmid, addr, ttl=ttl, cpu=cpu)
         yield Step(TLBI, level, addr, tlbi=IPAS2E1IS)
-        self.machine.dsb(cpu)
+        self.machine.tlbi(IPAS2E1IS, self.vmid, addr, ttl=ttl, cpu=cpu)
         yield Step(DSB)
-        self.machine.tlbi(VMALLE1IS, self.vmid, cpu=cpu)
+        self.machine.dsb(cpu)
         yield Step(TLBI, tlbi=VMALLE1IS)
-        self.machine.dsb(cpu)
+        self.machine.tlbi(VMALLE1IS, self.vmid, cpu=cpu)
         yield Step(DSB)
+        self.machine.dsb(cpu)
 
-    def cmo(self, leaf: int, level: int, cpu: int) -> Step:
+    def cmo(self, leaf: int, level: int, cpu: int) -> Generator:
         """Clean the memory a leaf maps to PoC (DC CIVAC over the range)."""
         pa = leaf & d.oa_mask(self.geo, level)
         size = self.geo.level_size(level)
+        yield Step(CMO, level, pa=pa, size=size)
         self.machine.cmo(pa, size, cpu)
-        return Step(CMO, level, pa=pa, size=size)
 
     def get(self, page: TablePage, cpu: int) -> None:
         self.machine.refcount(page, +1, cpu)
@@ -117,12 +122,11 @@ class Stage2PageTable:
     def put(self, page: TablePage, cpu: int) -> None:
         self.machine.refcount(page, -1, cpu)
 
-    def free(self, page: TablePage, cpu: int) -> Step:
+    def free(self, page: TablePage, cpu: int) -> Generator:
+        yield Step(FREE, page.level, pa=page.pa)
         self.machine.free_table(page.pa, cpu)
-        return Step(FREE, page.level, pa=page.pa)
 
-    def teardown(self, table_desc: int, level: int, cpu: int, parent: TablePage | None = None
-                 ) -> Step:
+    def teardown(self, table_desc: int, level: int, cpu: int) -> Generator:
         """Free an unlinked subtree in one bulk step: every page, counting its valid entries.
 
         KVM walks the old subtree dropping a reference per valid entry and
@@ -133,26 +137,24 @@ class Stage2PageTable:
         mem = self.machine.mem
         geo = self.geo
         tmask = np.uint64(geo.table_mask)
-        todo = [(table_desc & geo.table_mask, level)]
-        pages = entries = 0
-        root = todo[0][0]
+        root = table_desc & geo.table_mask
+        todo = [(root, level)]
+        found: list[int] = []
+        entries = 0
         while todo:
             pa, lvl = todo.pop()
-            page = mem.tables[pa]
-            v = page.view()
-            valid = (v & np.uint64(1)) != 0
-            entries += int(np.count_nonzero(valid))
+            v = mem.tables[pa].view()
+            entries += int(np.count_nonzero(v & np.uint64(1)))
             if lvl < 3:
                 tbl = (v & np.uint64(3)) == np.uint64(3)
-                for child in (v[tbl] & tmask).tolist():
-                    todo.append((int(child), lvl + 1))
+                todo.extend((int(c), lvl + 1) for c in (v[tbl] & tmask).tolist())
+            found.append(pa)
+        yield Step(TEARDOWN, level, pa=root, entries=entries, pages=len(found))
+        for pa in found:
             self.machine.free_table(pa, cpu)
-            pages += 1
-        if parent is not None:
-            pass  # the parent's count is unchanged: its entry becomes the block
         if self.machine.bus.on:
-            self.machine.bus.emit(Teardown(self.machine.now, cpu, root, level, pages, entries))
-        return Step(TEARDOWN, level, pa=root, entries=entries, pages=pages)
+            self.machine.bus.emit(Teardown(self.machine.now, cpu, root, level, len(found),
+                                           entries))
 
     def _check_range(self, addr: int, size: int) -> None:
         g = self.geo.granule_size
@@ -179,11 +181,72 @@ class Stage2PageTable:
         if phys & (self.geo.granule_size - 1) or phys >> self.geo.pa_bits:
             raise AddressError(f"PA {phys:#x} is not {self.geo.granule}-aligned or exceeds "
                                f"the {self.geo.pa_bits}-bit PA space")
-        ctx = MapContext(self, cpu, phys, d.leaf_attrs(prot, self.fwb, device), mc,
-                         self.variant.cmo == CMO_MAP and not self.fwb and not device)
+        attrs = d.leaf_attrs(prot, self.fwb, device)
+        cmo_in_map = self.variant.cmo == CMO_MAP and not self.fwb and not device
+        if self.fast:
+            probe = self._map_probe(addr, addr + size, phys, attrs)
+            if probe is not None:
+                return (yield from self._map_one(probe, addr, cmo_in_map, cpu))
+        ctx = MapContext(self, cpu, phys, attrs, mc, cmo_in_map)
         rc = yield from self._walk(ctx.visit, w.TABLE_PRE | w.LEAF, addr, size)
         ctx.res.rc = rc
         return ctx.res
+
+    def _map_probe(self, addr: int, end: int, phys: int, attrs: int):
+        """Read-only look ahead: is this map one leaf into existing tables (or a no-op)?
+
+        The common fault case, decided without the generic walker. Returns
+        (page, index, level, visits, old, new) when the walker would visit only
+        the path to one non-table entry where the leaf fits and then install it
+        or find it already there (same or permissions only); None for anything
+        else (tables to create, a block to split or a table to coalesce, a
+        different leaf to break), which takes the walker. Equality with the
+        walker's steps and results is tested.
+        """
+        geo = self.geo
+        tables = self.machine.mem.tables
+        level = geo.start_level
+        idx = geo.index(addr, level)
+        epp = geo.entries_per_table
+        page = tables[self.vttbr.baddr + (idx // epp) * geo.granule_size]
+        idx %= epp
+        visits = 0
+        while True:
+            pte = page.entries[idx]
+            visits += 1
+            fits = block_mapping_supported(geo, addr, end, phys, level)
+            if level < 3 and pte & 3 == 3:
+                if fits:
+                    return None
+                page = tables[pte & geo.table_mask]
+                level += 1
+                idx = (addr >> geo.shifts[level]) & (epp - 1)
+                continue
+            if not fits or end - addr != geo.level_size(level):
+                return None
+            new = d.make_leaf(phys, level, attrs)
+            if pte & 1 and pte != new and (pte ^ new) & ~PERMS_MASK:
+                return None
+            return page, idx, level, visits, pte, new
+
+    def _map_one(self, probe, addr: int, cmo_in_map: bool, cpu: int) -> Generator:
+        page, idx, level, visits, old, new = probe
+        res = OpResult()
+        if old & 1:
+            res.rc = w.EAGAIN
+            if old == new:
+                res.unchanged = True
+            else:
+                res.perm_only = True
+        else:
+            if cmo_in_map and d.is_cacheable(new, self.fwb):
+                yield from self.cmo(new, level, cpu)
+            yield from self.set_pte(page, idx, new, addr, cpu)
+            self.get(page, cpu)
+            res.leaves = 1
+            res.level = level
+        yield Step("visit", visits=visits)
+        return res
 
     # --- unmap ---------------------------------------------------------------
     def unmap(self, addr: int, size: int, cpu: int = 0) -> Generator:
@@ -205,13 +268,13 @@ class Stage2PageTable:
                     return w.OK
             elif d.is_cacheable(pte, fwb):
                 need_cmo = not fwb
-            yield self.set_invalid(page, idx, a, cpu)
+            yield from self.set_invalid(page, idx, a, cpu, note="clear")
             yield from self.tlbi_ipa(a, level, cpu)
             self.put(page, cpu)
             if need_cmo:
-                yield self.cmo(pte, level, cpu)
+                yield from self.cmo(pte, level, cpu)
             if child is not None:
-                yield self.free(child, cpu)
+                yield from self.free(child, cpu)
             else:
                 res.leaves += 1
             return w.OK
@@ -233,7 +296,7 @@ class Stage2PageTable:
             res.young = res.young or bool(pte & d.AF)
             new = ((pte & ~clr_bits) | set_bits) & d.U64
             if new != pte:
-                yield self.set_pte(page, idx, new, a, cpu)
+                yield from self.set_pte(page, idx, new, a, cpu)
                 res.leaves += 1
             return w.OK
 
@@ -288,7 +351,7 @@ class Stage2PageTable:
         def visit(flag, a, end, level, page, idx):
             pte = page.entries[idx]
             if pte & 1 and d.is_cacheable(pte, fwb) and not fwb:
-                yield self.cmo(pte, level, cpu)
+                yield from self.cmo(pte, level, cpu)
                 res.leaves += 1
             return w.OK
 
@@ -307,10 +370,10 @@ class Stage2PageTable:
             page = root_pages[i // epp]
             pte = page.entries[i % epp]
             if geo.start_level < 3 and pte & 3 == 3:
-                yield self.teardown(pte, geo.start_level + 1, cpu)
+                yield from self.teardown(pte, geo.start_level + 1, cpu)
                 res.tables += 1
         for page in root_pages:
-            yield self.free(page, cpu)
+            yield from self.free(page, cpu)
         return res
 
 
@@ -358,12 +421,12 @@ class MapContext:
             if not (old ^ new) & ~PERMS_MASK:
                 self.res.perm_only = True
                 return w.EAGAIN
-            yield pt.set_invalid(page, idx, addr, cpu)
+            yield from pt.set_invalid(page, idx, addr, cpu)
             yield from pt.tlbi_ipa(addr, level, cpu)
             pt.put(page, cpu)
         if self.cmo_in_map and d.is_cacheable(new, pt.fwb):
-            yield pt.cmo(new, level, cpu)
-        yield pt.set_pte(page, idx, new, addr, cpu)
+            yield from pt.cmo(new, level, cpu)
+        yield from pt.set_pte(page, idx, new, addr, cpu)
         pt.get(page, cpu)
         self.phys += geo.level_size(level)
         self.res.leaves += 1
@@ -385,11 +448,11 @@ class MapContext:
         pt, cpu = self.pt, self.cpu
         old = page.entries[idx]
         if old & 1:  # a block in the way: break it, the rest is mapped lazily
-            yield pt.set_invalid(page, idx, addr, cpu)
+            yield from pt.set_invalid(page, idx, addr, cpu)
             yield from pt.tlbi_ipa(addr, level, cpu)
             pt.put(page, cpu)
             self.res.splits += 1
-        yield pt.set_pte(page, idx, d.make_table(child.pa), addr, cpu)
+        yield from pt.set_pte(page, idx, d.make_table(child.pa), addr, cpu)
         pt.get(page, cpu)
         self.res.tables += 1
         return w.OK

@@ -1,10 +1,11 @@
 """Steps: the visible effects a KVM operation is made of.
 
-An operation is a generator that performs one effect through the Machine and
-then yields a `Step` describing it (its cost class and size), so that the
-simulator can charge time from a profile and let other CPUs run in between,
-and the explorer can enumerate orders. The effect is visible from the moment
-the step is yielded.
+An operation is a generator that yields a `Step` describing its next effect
+(cost class and size) and performs that effect through the Machine when it
+is resumed. The simulator charges the step's time from a profile before
+resuming, so the effect becomes visible once its cost has been paid, and
+other CPUs run in between; the explorer enumerates the orders. Steps with
+no effect another CPU can observe (INVISIBLE) may be batched by a driver.
 """
 
 from __future__ import annotations
@@ -17,6 +18,10 @@ from s2sim.arch.events import Event, register
 WRITE, TLBI, DSB, CMO, ALLOC, FREE, TEARDOWN = (
     "write", "tlbi", "dsb", "cmo", "alloc", "free", "teardown")
 STEP_KINDS = (WRITE, TLBI, DSB, CMO, ALLOC, FREE, TEARDOWN)
+VISIT = "visit"
+# Work no other agent can observe: software walker visits and the fault
+# handler's private bookkeeping (see kvm/vm.py).
+INVISIBLE = frozenset({VISIT, "fault_base", "fault_locked", "topup", "mark_dirty"})
 
 
 @dataclass(slots=True)

@@ -1,0 +1,146 @@
+"""A VM as KVM's MMU code sees it: the stage-2 table, memslots, variant, dirty log.
+
+`user_mem_abort` and the dirty-log switches are generators of Steps like
+the page-table operations, plus a few host-side step kinds the simulator
+charges (lock, unlock, topup, host_touch, fault_base, fault_locked,
+mark_dirty). KVM code never sees time.
+"""
+
+from __future__ import annotations
+
+from s2sim.arch import descriptors as d
+from s2sim.arch.machine import Machine
+from s2sim.arch.walk import ACCESS_FLAG, EXEC, PERMISSION, WRITE, Fault
+from s2sim.errors import AddressError, ConfigError
+from s2sim.kvm import walker as w
+from s2sim.kvm.coalesce import CMO_FAULT, Variant
+from s2sim.kvm.memcache import Memcache
+from s2sim.kvm.memslot import Memslot, mapping_size, resolve_backing, thp_adjust
+from s2sim.kvm.pgtable import Stage2PageTable
+from s2sim.kvm.steps import CMO, Step
+
+# Host-side step kinds (charged by sim/, invisible to the architecture).
+LOCK, UNLOCK, TOPUP, HOST_TOUCH, FAULT_BASE, FAULT_LOCKED, MARK_DIRTY = (
+    "lock", "unlock", "topup", "host_touch", "fault_base", "fault_locked", "mark_dirty")
+
+# Fault outcomes.
+MAPPED, SPLIT, COALESCED, RELAXED, SPURIOUS, YOUNG, ENOMEM_RETRY = (
+    "mapped", "split", "coalesced", "relaxed", "spurious", "young", "enomem")
+OUTCOMES = (MAPPED, SPLIT, COALESCED, RELAXED, SPURIOUS, YOUNG, ENOMEM_RETRY)
+
+
+class Kvm:
+    """One VM's stage-2 MMU state on a Machine."""
+
+    def __init__(self, machine: Machine, variant: Variant, vmid: int = 1, ttl: bool = False,
+                 host_cpu: int = 0) -> None:
+        self.machine, self.geo, self.variant = machine, machine.geo, variant
+        self.pgt = Stage2PageTable(machine, vmid, variant, ttl, host_cpu)
+        self.memslots: list[Memslot] = []
+        self.min_pages = self.geo.levels - 1  # kvm_mmu_cache_min_pages
+
+    def add_memslot(self, base: int, size: int, backing: str, hva_offset: int = 0) -> Memslot:
+        geo = self.geo
+        b = resolve_backing(backing, geo)
+        if size <= 0 or size % b.page_size:
+            raise ConfigError(f"memslot size {size:#x} is not a multiple of the {backing} page "
+                              f"size {b.page_size:#x}")
+        if base % b.page_size:
+            raise AddressError(f"memslot base {base:#x} is not aligned to the {backing} page "
+                               f"size {b.page_size:#x}")
+        geo.check_ipa(base, size)
+        for s in self.memslots:
+            if base < s.base + s.size and s.base < base + size:
+                raise AddressError(f"memslot {base:#x}+{size:#x} overlaps slot {s.slot_id}")
+        align = max(b.page_size, max(geo.level_size(lv) for lv in geo.leaf_levels()))
+        pa = self.machine.mem.alloc_data(size, min(align, 1 << 30))
+        hva = (1 << 40) + base + hva_offset  # host VA: aligned like the IPA unless offset
+        slot = Memslot(len(self.memslots), base, size, hva, pa, b)
+        self.memslots.append(slot)
+        return slot
+
+    def find_memslot(self, ipa: int) -> Memslot | None:
+        for s in self.memslots:
+            if s.contains(ipa):
+                return s
+        return None
+
+    # --- dirty logging ---------------------------------------------------------
+    def enable_dirty_log(self, slot: Memslot, cpu: int):
+        """KVM_MEM_LOG_DIRTY_PAGES on: write-protect the slot, then flush the VMID."""
+        yield Step(LOCK)
+        slot.logging = True
+        slot.dirty = set()
+        res = yield from self.pgt.wrprotect(slot.base, slot.size, cpu)
+        yield from self.pgt.tlbi_vmid(cpu)
+        yield Step(UNLOCK)
+        return res
+
+    def disable_dirty_log(self, slot: Memslot, cpu: int):
+        """Logging off: nothing changes in the table until the next faults."""
+        slot.logging = False
+        if False:
+            yield
+        return None
+
+    # --- the fault handler ---------------------------------------------------------
+    def handle_fault(self, fault: Fault, mc: Memcache, cpu: int):
+        """kvm_handle_guest_abort: an access-flag fault or user_mem_abort. Returns the outcome."""
+        slot = self.find_memslot(fault.ipa)
+        if slot is None:
+            raise AddressError(f"guest access to IPA {fault.ipa:#x} outside every memslot")
+        if fault.kind == ACCESS_FLAG:
+            yield Step(FAULT_BASE)
+            yield Step(LOCK)
+            res = yield from self.pgt.mkyoung(fault.ipa, cpu)
+            yield Step(UNLOCK)
+            return YOUNG if res.leaves else SPURIOUS
+        return (yield from self.user_mem_abort(fault, slot, mc, cpu))
+
+    def user_mem_abort(self, fault: Fault, slot: Memslot, mc: Memcache, cpu: int):
+        """v5.11's user_mem_abort, in its order (DOMAIN.md 4)."""
+        geo, pgt = self.geo, self.pgt
+        ipa = fault.ipa
+        write = fault.access == WRITE
+        exec_fault = fault.access == EXEC
+        perm = fault.kind == PERMISSION
+        yield Step(FAULT_BASE)
+        size, force_pte = mapping_size(slot, ipa, geo)
+        if not perm or (slot.logging and write):
+            n = mc.topup(self.min_pages)
+            if n:
+                yield Step(TOPUP, pages=n)
+        host_pa, host_size = slot.host_page(ipa)
+        yield Step(HOST_TOUCH, pa=host_pa, size=host_size)
+        writable = not slot.readonly and (write or not slot.logging)
+        yield Step(LOCK)
+        yield Step(FAULT_LOCKED)
+        size = thp_adjust(slot, ipa, geo, size, force_pte)
+        base = ipa & ~(size - 1)
+        pa = slot.pa_of(base)
+        if self.variant.cmo == CMO_FAULT and not perm and not self.machine.fwb:
+            yield Step(CMO, pa=pa, size=size)  # v5.11: clean the whole mapping, every time
+            self.machine.cmo(pa, size, cpu)
+        prot = d.PERM_R | (d.PERM_W if writable else 0) | (d.PERM_X if exec_fault else 0)
+        fault_granule = geo.level_size(fault.level)
+        if perm and size == fault_granule:
+            res = yield from pgt.relax_perms(ipa, prot, cpu)
+            outcome = RELAXED if res.leaves else SPURIOUS
+        else:
+            res = yield from pgt.map(base, size, pa, prot, mc, cpu)
+            if res.rc == w.ENOMEM:
+                outcome = ENOMEM_RETRY
+            elif res.coalesced:
+                outcome = COALESCED
+            elif res.splits:
+                outcome = SPLIT
+            elif res.leaves:
+                outcome = MAPPED
+            else:
+                outcome = SPURIOUS
+        if writable and slot.logging and res.rc == w.OK:
+            first = ipa & ~(geo.granule_size - 1)
+            slot.dirty.add(first)
+            yield Step(MARK_DIRTY, ipa=first)
+        yield Step(UNLOCK)
+        return outcome

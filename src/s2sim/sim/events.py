@@ -1,0 +1,76 @@
+"""Events the simulator publishes beside the architecture's: faults and stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from s2sim.arch.events import Event, register
+
+
+@register
+@dataclass(slots=True, frozen=True)
+class FaultTaken(Event):
+    """A vCPU exits with a stage-2 abort."""
+
+    kind: ClassVar[str] = "fault_taken"
+    time: int
+    cpu: int
+    ipa: int
+    fault: str
+    level: int
+    access: str
+
+
+@register
+@dataclass(slots=True, frozen=True)
+class FaultHandled(Event):
+    """KVM finished handling a fault: its outcome and how long it took (exit to entry)."""
+
+    kind: ClassVar[str] = "fault_handled"
+    time: int
+    cpu: int
+    ipa: int
+    outcome: str
+    duration: int
+    lock_wait: int
+
+
+@register
+@dataclass(slots=True, frozen=True)
+class GuestAccesses(Event):
+    """`count` guest accesses of one vCPU completed from `ipa` on (a run-ahead batch)."""
+
+    kind: ClassVar[str] = "guest_accesses"
+    time: int
+    cpu: int
+    ipa: int
+    stride: int
+    count: int
+    access: str
+    pa: int
+    tlb_hit: bool
+
+
+@register
+@dataclass(slots=True, frozen=True)
+class HostTouch(Event):
+    """The host allocated and zeroed a page of guest memory on first touch."""
+
+    kind: ClassVar[str] = "host_touch"
+    time: int
+    cpu: int
+    pa: int
+    size: int
+
+
+@register
+@dataclass(slots=True, frozen=True)
+class StageMark(Event):
+    """A stage of the workload begins or ends."""
+
+    kind: ClassVar[str] = "stage"
+    time: int
+    cpu: int
+    name: str
+    begin: bool
