@@ -44,7 +44,7 @@ def geometry(granule: str = typer.Option("4K", help="4K, 16K or 64K"),
 
 
 @app.command()
-def decode(value: str = typer.Argument(..., help="descriptor value, e.g. 0x40000000000744"),
+def decode(value: str = typer.Argument(..., help="descriptor value, e.g. 0x400000400007fd"),
            level: int = typer.Option(3, help="level the descriptor sits at"),
            granule: str = typer.Option("4K", help="4K, 16K or 64K"),
            ipa_bits: int = typer.Option(48, "--ipa-bits", help="IPA size (decides valid levels)"),
@@ -139,6 +139,96 @@ def ops(script: list[str] = typer.Argument(None, help="operations, one per argum
         c.print(f"... {len(ent) - limit} more entries")
 
 
+MODE_HELP = ("guest mode: 2=P48V48_4K, 3=P48V48_64K, 4=P40V48_4K, 5=P40V48_64K, "
+             "6=P40V48_16K, 7=P48V48_16K (2021 numbering; 16K modes are s2sim's ids)")
+BACKING_HELP = ("anonymous, anonymous_thp, anonymous_hugetlb, anonymous_hugetlb_{64kb,2mb,32mb,"
+                "1gb} (4K granule; 16K: 2mb,32mb,1gb; 64K: 2mb,512mb,16gb), shmem, shared_hugetlb")
+
+
+def _test_config(mode, size, vcpus, backing, offset, variant, coalesce, cmo, platform, seed,
+                 tie, hva_offset=0, runahead=True):
+    from s2sim.workloads.pagetable_test import TestConfig
+
+    return TestConfig.make(mode, size, vcpus, backing, offset, variant=variant,
+                           coalesce=coalesce, cmo=cmo, platform=platform, seed=seed, tie=tie,
+                           hva_offset=hva_offset, runahead=runahead)
+
+
+def _check_json_path(path: Optional[str]) -> None:
+    import os
+
+    if path is not None:
+        d = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(d):
+            raise ConfigError(f"--json {path!r}: directory {d!r} does not exist")
+
+
+@app.command("pagetable-test")
+def pagetable_test(
+        mode: str = typer.Option("4", "-m", help=MODE_HELP),
+        size: str = typer.Option("1G", "-b", help="test memory size, e.g. 1G, 20G"),
+        vcpus: int = typer.Option(1, "-v", help="number of vCPUs"),
+        backing: str = typer.Option("anonymous", "-s", help="backing: " + BACKING_HELP),
+        offset: Optional[str] = typer.Option(None, "-p", help="guest physical test memory "
+                                             "offset (default: top of the IPA space)"),
+        variant: str = typer.Option("v5.11", help="v5.11, patch1, rfc, block-first, cmo-first, "
+                                    "bbml2"),
+        coalesce: Optional[str] = typer.Option(None, help="override the coalescing strategy"),
+        cmo: Optional[str] = typer.Option(None, help="override CMO placement: fault or map"),
+        platform: str = typer.Option("kunpeng920", help="profile name or path to a .toml"),
+        seed: int = typer.Option(0, help="seed for the random tie-break"),
+        tie: str = typer.Option("fifo", help="tie-break policy: fifo or random"),
+        json_path: Optional[str] = typer.Option(None, "--json", help="write the result as JSON "
+                                                "to this path")) -> None:
+    """Simulate kvm_page_table_test: stage times and metrics per stage."""
+    from s2sim.report.results import print_pagetable_test, write_json_atomic
+    from s2sim.sim.run import run_pagetable_test
+
+    cfg = _test_config(mode, size, vcpus, backing, offset, variant, coalesce, cmo, platform,
+                       seed, tie)
+    _check_json_path(json_path)
+    result = run_pagetable_test(cfg)
+    print_pagetable_test(result)
+    if json_path:
+        write_json_atomic(json_path, result)
+
+
+@app.command()
+def compare(
+        mode: str = typer.Option("4", "-m", help=MODE_HELP),
+        size: str = typer.Option("128M", "-b", help="test memory size"),
+        vcpus: int = typer.Option(4, "-v", help="number of vCPUs"),
+        backing: str = typer.Option("anonymous_hugetlb_2mb", "-s", help="backing: " + BACKING_HELP),
+        offset: Optional[str] = typer.Option(None, "-p", help="guest physical test memory offset"),
+        variants: str = typer.Option("v5.11,patch1,rfc,block-first", help="comma-separated "
+                                     "variants; the first is the baseline"),
+        platform: str = typer.Option("kunpeng920", help="profile name or path to a .toml"),
+        seed: int = typer.Option(0, help="seed for the random tie-break"),
+        tie: str = typer.Option("fifo", help="tie-break policy: fifo or random"),
+        json_path: Optional[str] = typer.Option(None, "--json", help="write all results as JSON "
+                                                "to this path")) -> None:
+    """Run several variants on the same workload; stage times and key metrics side by side."""
+    from s2sim.report.results import print_compare, write_json_atomic
+    from s2sim.sim.run import run_pagetable_test
+
+    names = [v.strip() for v in variants.split(",") if v.strip()]
+    if not names:
+        raise ConfigError("--variants is empty; give at least one variant")
+    cfgs = [_test_config(mode, size, vcpus, backing, offset, v, None, None, platform, seed, tie)
+            for v in names]
+    _check_json_path(json_path)
+    results = []
+    progress = sys.stderr.isatty()
+    for cfg in cfgs:
+        if progress:
+            print(f"s2sim: simulating {cfg.variant} ...", file=sys.stderr, flush=True)
+        results.append(run_pagetable_test(cfg))
+    print_compare(results)
+    if json_path:
+        from s2sim import __version__
+        write_json_atomic(json_path, {"version": __version__, "runs": results})
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: one clear line and exit 2 for bad input, never a traceback."""
     try:
@@ -151,8 +241,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         sys.exit(code)
     except Exception as e:  # click (vendored by typer) usage errors
         if hasattr(e, "format_message") and hasattr(e, "exit_code"):
-            print(f"s2sim: error: {e.format_message()}", file=sys.stderr)
-            sys.exit(2)
+            msg = e.format_message()
+            if msg:
+                print(f"s2sim: error: {msg}", file=sys.stderr)
+            sys.exit(e.exit_code if msg == "" else 2)
         if type(e).__name__ == "Abort":
             sys.exit(130)
         raise

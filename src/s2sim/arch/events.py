@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Callable, ClassVar
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Event:
     kind: ClassVar[str] = "event"
 
@@ -21,7 +21,7 @@ class Event:
         return d
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class DescWrite(Event):
     """A store to a descriptor: `table_pa` is the table page, `index` the entry.
 
@@ -41,7 +41,7 @@ class DescWrite(Event):
     hw: bool = False
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Tlbi(Event):
     """A TLBI instruction issued (broadcast); takes effect at the next DSB."""
 
@@ -55,7 +55,7 @@ class Tlbi(Event):
     ttl: int = -1
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Dsb(Event):
     """DSB ISH: every TLBI issued before it by this CPU has completed."""
 
@@ -65,7 +65,7 @@ class Dsb(Event):
     completed: int = 0
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Cmo(Event):
     """Data-cache maintenance (DC CIVAC, clean+invalidate to PoC) over [pa, pa+size)."""
 
@@ -77,7 +77,7 @@ class Cmo(Event):
     op: str = "civac"
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class PageAlloc(Event):
     kind: ClassVar[str] = "page_alloc"
     time: int
@@ -87,7 +87,7 @@ class PageAlloc(Event):
     purpose: str = "table"
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class PageFree(Event):
     kind: ClassVar[str] = "page_free"
     time: int
@@ -97,7 +97,7 @@ class PageFree(Event):
     purpose: str = "table"
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class RefCount(Event):
     """A table page's reference count changed (get_page / put_page)."""
 
@@ -109,7 +109,7 @@ class RefCount(Event):
     delta: int
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Walk(Event):
     """A hardware translation-table walk (a TLB miss), its result or fault."""
 
@@ -125,7 +125,7 @@ class Walk(Event):
     start_level: int = -1
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class TlbFill(Event):
     """An entry cached: `leaf` True for a translation, False for a walk-cache entry."""
 
@@ -142,7 +142,7 @@ class TlbFill(Event):
     table_gen: int = 0
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class TlbConflict(Event):
     """A lookup matched two entries of different sizes or outputs."""
 
@@ -155,7 +155,7 @@ class TlbConflict(Event):
     descs: tuple
 
 
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Access(Event):
     """A guest access that completed, with the PA it reached and how."""
 
@@ -192,22 +192,37 @@ def event_from_dict(d: dict) -> Event:
 
 
 class EventBus:
-    """Publish/subscribe for events. `on` is False while nobody listens."""
+    """Publish/subscribe for events.
 
-    __slots__ = ("_subs", "on")
+    `on` is False while nobody listens; `want[kind]` says whether any
+    subscriber takes that kind, so hot producers (walks, TLB fills, guest
+    accesses) build an event only when someone will read it.
+    """
+
+    __slots__ = ("_subs", "on", "want")
 
     def __init__(self) -> None:
-        self._subs: list[Callable[[Event], None]] = []
+        self._subs: list[tuple[Callable[[Event], None], frozenset | None]] = []
         self.on = False
+        self.want: dict[str, bool] = {}
+        self._refresh()
 
-    def subscribe(self, fn: Callable[[Event], None]) -> None:
-        self._subs.append(fn)
-        self.on = True
+    def _refresh(self) -> None:
+        self.on = bool(self._subs)
+        kinds = set(EVENT_TYPES)
+        self.want = {k: any(ks is None or k in ks for _, ks in self._subs) for k in kinds}
+
+    def subscribe(self, fn: Callable[[Event], None], kinds=None) -> None:
+        """Call `fn` for every event, or only for events whose `kind` is in `kinds`."""
+        self._subs.append((fn, None if kinds is None else frozenset(kinds)))
+        self._refresh()
 
     def unsubscribe(self, fn: Callable[[Event], None]) -> None:
-        self._subs.remove(fn)
-        self.on = bool(self._subs)
+        self._subs = [(f, k) for f, k in self._subs if f is not fn]
+        self._refresh()
 
     def emit(self, ev: Event) -> None:
-        for fn in self._subs:
-            fn(ev)
+        kind = ev.kind
+        for fn, kinds in self._subs:
+            if kinds is None or kind in kinds:
+                fn(ev)

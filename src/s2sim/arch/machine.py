@@ -103,7 +103,7 @@ class Machine:
 
     def refcount(self, page: TablePage, delta: int, cpu: int = 0) -> int:
         page.refcount += delta
-        if self.bus.on:
+        if self.bus.on and self.bus.want["refcount"]:
             self.bus.emit(ev.RefCount(self.now, cpu, page.pa, page.refcount, delta))
         return page.refcount
 
@@ -115,7 +115,12 @@ class Machine:
         align = n * g
         base = (mem._next_table + align - 1) & ~(align - 1)
         mem._next_table = base
-        pages = [self.alloc_table(self.geo.start_level, cpu) for _ in range(n)]
+        # Fresh contiguous frames: a freed page on the free list would break contiguity.
+        free, mem._free = mem._free, []
+        try:
+            pages = [self.alloc_table(self.geo.start_level, cpu) for _ in range(n)]
+        finally:
+            mem._free = free
         assert pages[0].pa == base and pages[-1].pa == base + (n - 1) * g
         return Vttbr(vmid, base)
 
@@ -156,12 +161,13 @@ class Machine:
         self.counts["walks"] += 1
         self.last_walk_levels = res.level - (geo.start_level if start is None else start[0]) + 1
         bus = self.bus
+        fill_ev = bus.on and bus.want["tlb_fill"]
         for level, _tpa, _idx, desc in path:
             nxt = desc & geo.table_mask
             page = self.mem.page(nxt)
             gen = page.generation if page is not None else 0
             tlb.fill_walk(vmid, ipa, level, nxt, gen)
-            if bus.on:
+            if fill_ev:
                 bus.emit(ev.TlbFill(self.now, cpu, vmid, ipa & ~(geo.level_size(level) - 1),
                                     geo.level_size(level), level, desc, False, nxt, gen))
         if type(res) is Translation:
@@ -170,13 +176,13 @@ class Machine:
                 self.write(page, res.index, res.desc, res.ipa & ~(res.size - 1), cpu, hw=True)
             if not res.desc & (1 << 16) or res.level == 3:  # nT blocks are not cached
                 tlb.fill(vmid, ipa, res.level, res.desc)
-                if bus.on:
+                if fill_ev:
                     bus.emit(ev.TlbFill(self.now, cpu, vmid, ipa & ~(res.size - 1), res.size,
                                         res.level, res.desc, True))
-            if bus.on:
+            if bus.on and bus.want["walk"]:
                 bus.emit(ev.Walk(self.now, cpu, vmid, ipa, ACCESS_NAMES[access], res.pa,
                                  res.level, "", -1 if start is None else start[0]))
-        elif bus.on:
+        elif bus.on and bus.want["walk"]:
             bus.emit(ev.Walk(self.now, cpu, vmid, ipa, ACCESS_NAMES[access], 0, res.level,
                              res.kind, -1 if start is None else start[0]))
         return res

@@ -79,6 +79,15 @@ class Memslot:
     logging: bool = False
     readonly: bool = False
     dirty: set = field(default_factory=set)
+    _sizes: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def mapping_size(self, ipa: int, geo: Geometry) -> tuple[int, bool]:
+        """`mapping_size`, cached per largest-block-sized region and logging state."""
+        key = (self.logging, ipa >> geo.shifts[geo.block_levels()[-1]])
+        r = self._sizes.get(key)
+        if r is None:
+            r = self._sizes[key] = mapping_size(self, ipa, geo)
+        return r
 
     def contains(self, ipa: int) -> bool:
         return self.base <= ipa < self.base + self.size

@@ -67,7 +67,7 @@ class Step:
 
 
 @register
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class Teardown(Event):
     """KVM freed an unlinked subtree in one bulk step (pages, valid entries dropped)."""
 

@@ -15,7 +15,7 @@ from s2sim.errors import AddressError, ConfigError
 from s2sim.kvm import walker as w
 from s2sim.kvm.coalesce import CMO_FAULT, Variant
 from s2sim.kvm.memcache import Memcache
-from s2sim.kvm.memslot import Memslot, mapping_size, resolve_backing, thp_adjust
+from s2sim.kvm.memslot import Memslot, resolve_backing, thp_adjust
 from s2sim.kvm.pgtable import Stage2PageTable
 from s2sim.kvm.steps import CMO, Step
 
@@ -27,6 +27,10 @@ LOCK, UNLOCK, TOPUP, HOST_TOUCH, FAULT_BASE, FAULT_LOCKED, MARK_DIRTY = (
 MAPPED, SPLIT, COALESCED, RELAXED, SPURIOUS, YOUNG, ENOMEM_RETRY = (
     "mapped", "split", "coalesced", "relaxed", "spurious", "young", "enomem")
 OUTCOMES = (MAPPED, SPLIT, COALESCED, RELAXED, SPURIOUS, YOUNG, ENOMEM_RETRY)
+
+
+_LOCK, _UNLOCK, _FAULT_BASE, _FAULT_LOCKED = (Step(LOCK), Step(UNLOCK), Step(FAULT_BASE),
+                                               Step(FAULT_LOCKED))
 
 
 class Kvm:
@@ -68,12 +72,12 @@ class Kvm:
     # --- dirty logging ---------------------------------------------------------
     def enable_dirty_log(self, slot: Memslot, cpu: int):
         """KVM_MEM_LOG_DIRTY_PAGES on: write-protect the slot, then flush the VMID."""
-        yield Step(LOCK)
+        yield _LOCK
         slot.logging = True
         slot.dirty = set()
         res = yield from self.pgt.wrprotect(slot.base, slot.size, cpu)
         yield from self.pgt.tlbi_vmid(cpu)
-        yield Step(UNLOCK)
+        yield _UNLOCK
         return res
 
     def disable_dirty_log(self, slot: Memslot, cpu: int):
@@ -90,10 +94,10 @@ class Kvm:
         if slot is None:
             raise AddressError(f"guest access to IPA {fault.ipa:#x} outside every memslot")
         if fault.kind == ACCESS_FLAG:
-            yield Step(FAULT_BASE)
-            yield Step(LOCK)
+            yield _FAULT_BASE
+            yield _LOCK
             res = yield from self.pgt.mkyoung(fault.ipa, cpu)
-            yield Step(UNLOCK)
+            yield _UNLOCK
             return YOUNG if res.leaves else SPURIOUS
         return (yield from self.user_mem_abort(fault, slot, mc, cpu))
 
@@ -104,8 +108,8 @@ class Kvm:
         write = fault.access == WRITE
         exec_fault = fault.access == EXEC
         perm = fault.kind == PERMISSION
-        yield Step(FAULT_BASE)
-        size, force_pte = mapping_size(slot, ipa, geo)
+        yield _FAULT_BASE
+        size, force_pte = slot.mapping_size(ipa, geo)
         if not perm or (slot.logging and write):
             n = mc.topup(self.min_pages)
             if n:
@@ -113,8 +117,8 @@ class Kvm:
         host_pa, host_size = slot.host_page(ipa)
         yield Step(HOST_TOUCH, pa=host_pa, size=host_size)
         writable = not slot.readonly and (write or not slot.logging)
-        yield Step(LOCK)
-        yield Step(FAULT_LOCKED)
+        yield _LOCK
+        yield _FAULT_LOCKED
         size = thp_adjust(slot, ipa, geo, size, force_pte)
         base = ipa & ~(size - 1)
         pa = slot.pa_of(base)
@@ -142,5 +146,5 @@ class Kvm:
             first = ipa & ~(geo.granule_size - 1)
             slot.dirty.add(first)
             yield Step(MARK_DIRTY, ipa=first)
-        yield Step(UNLOCK)
+        yield _UNLOCK
         return outcome

@@ -16,7 +16,9 @@ def dumps(obj: Any) -> str:
 
 
 def console() -> Console:
-    return Console(file=sys.stdout, highlight=False, soft_wrap=True)
+    tty = sys.stdout.isatty()
+    return Console(file=sys.stdout, highlight=False, soft_wrap=True,
+                   width=None if tty else 160)
 
 
 def kv_table(title: str, rows: list[tuple[str, Any]]) -> Table:

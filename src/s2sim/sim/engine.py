@@ -116,7 +116,14 @@ class Engine:
             if type(req) is int:
                 if req < 0:
                     raise SimError(f"agent {agent.name} asked to sleep {req} ns")
-                self._push(self.now + req, agent, None)
+                t = self.now + req
+                heap = self._heap
+                if not heap or t < heap[0][0]:
+                    # it would be popped next anyway: resume without the heap
+                    self.now = self.machine.now = t
+                    value = None
+                    continue
+                self._push(t, agent, None)
                 return
             if type(req) is Acquire:
                 lock = req.lock

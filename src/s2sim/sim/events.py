@@ -9,7 +9,7 @@ from s2sim.arch.events import Event, register
 
 
 @register
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class FaultTaken(Event):
     """A vCPU exits with a stage-2 abort."""
 
@@ -23,7 +23,7 @@ class FaultTaken(Event):
 
 
 @register
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class FaultHandled(Event):
     """KVM finished handling a fault: its outcome and how long it took (exit to entry)."""
 
@@ -37,7 +37,7 @@ class FaultHandled(Event):
 
 
 @register
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class GuestAccesses(Event):
     """`count` guest accesses of one vCPU completed from `ipa` on (a run-ahead batch)."""
 
@@ -53,7 +53,7 @@ class GuestAccesses(Event):
 
 
 @register
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class HostTouch(Event):
     """The host allocated and zeroed a page of guest memory on first touch."""
 
@@ -65,7 +65,7 @@ class HostTouch(Event):
 
 
 @register
-@dataclass(slots=True, frozen=True)
+@dataclass(slots=True)
 class StageMark(Event):
     """A stage of the workload begins or ends."""
 

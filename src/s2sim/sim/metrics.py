@@ -15,6 +15,10 @@ from s2sim.kvm.steps import Teardown
 from s2sim.sim.events import FaultHandled, FaultTaken, GuestAccesses, HostTouch
 
 
+KINDS = ("guest_accesses", "desc_write", "fault_taken", "fault_handled", "tlbi", "dsb", "cmo",
+         "page_alloc", "page_free", "teardown", "host_touch")
+
+
 class StageMetrics:
     """Accumulates one stage's figures; `to_dict` is the JSON form."""
 
@@ -84,7 +88,7 @@ class Metrics:
         self.stages: list[StageMetrics] = []
         self.cur: StageMetrics | None = None
         self._open: dict[tuple[int, int], int] = {}
-        bus.subscribe(self.on_event)
+        bus.subscribe(self.on_event, KINDS)
 
     def begin(self, name: str) -> StageMetrics:
         self.cur = StageMetrics(name)

@@ -73,6 +73,7 @@ class Vcpu:
         acc_ns, walk_ns = self.costs.access, self.costs.walk_level
         shifts = machine.geo.shifts
         bus = machine.bus
+        acc_ev = bus.on and bus.want.get("guest_accesses", False)
         runahead = self.runahead
         for start, stride, count, access in segments:
             k = 0
@@ -92,7 +93,7 @@ class Vcpu:
                         if n > 1:
                             room = engine.horizon() - engine.now
                             n = max(1, min(n, -(-room // acc_ns)))
-                    if bus.on:
+                    if acc_ev:
                         pa = (r[1] & ((1 << 48) - 1) & ~((1 << shifts[r[0]]) - 1)) | (
                             ipa & ((1 << shifts[r[0]]) - 1))
                         bus.emit(GuestAccesses(engine.now, cpu, ipa, stride, n,
@@ -103,7 +104,7 @@ class Vcpu:
                 elif t is Translation:
                     self.walks += 1
                     self.accesses += 1
-                    if bus.on:
+                    if acc_ev:
                         bus.emit(GuestAccesses(engine.now, cpu, ipa, stride, 1,
                                                ACCESS_NAMES[access], r.pa, False))
                     k += 1
