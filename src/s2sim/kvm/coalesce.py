@@ -75,6 +75,36 @@ def _cmo_first(ctx, addr, level, page, index, old, block):
     yield from ctx.pt.teardown(old, level + 1, ctx.cpu)
 
 
+def _mutant_free_before_tlbi(ctx, addr, level, page, index, old, block):
+    """UNSAFE: frees the old subtree before the TLBI has completed."""
+    yield from ctx.pt.set_invalid(page, index, addr, ctx.cpu)
+    yield from ctx.pt.teardown(old, level + 1, ctx.cpu)
+    yield from ctx.pt.tlbi_vmid(ctx.cpu)
+    if ctx.cmo_in_map:
+        yield from ctx.pt.cmo(block, level, ctx.cpu)
+    yield from ctx.pt.set_pte(page, index, block, addr, ctx.cpu)
+
+
+def _mutant_no_tlbi(ctx, addr, level, page, index, old, block):
+    """UNSAFE: breaks, but never invalidates the TLBs before the make."""
+    yield from ctx.pt.set_invalid(page, index, addr, ctx.cpu)
+    if ctx.cmo_in_map:
+        yield from ctx.pt.cmo(block, level, ctx.cpu)
+    yield from ctx.pt.set_pte(page, index, block, addr, ctx.cpu)
+    yield from ctx.pt.teardown(old, level + 1, ctx.cpu)
+
+
+def _mutant_tlbi_last_level(ctx, addr, level, page, index, old, block):
+    """UNSAFE: invalidates only last-level entries (RIPAS2LE1IS) before freeing the table:
+    walk caches may still point at the freed table."""
+    yield from ctx.pt.set_invalid(page, index, addr, ctx.cpu)
+    yield from ctx.pt.tlbi_range_last_level(addr, ctx.geo.level_size(level), ctx.cpu)
+    if ctx.cmo_in_map:
+        yield from ctx.pt.cmo(block, level, ctx.cpu)
+    yield from ctx.pt.set_pte(page, index, block, addr, ctx.cpu)
+    yield from ctx.pt.teardown(old, level + 1, ctx.cpu)
+
+
 def _bbml2(ctx, addr, level, page, index, old, block):
     """FEAT_BBM level 2: table -> block in one write, TLBI after, teardown after the DSB."""
     if ctx.cmo_in_map:
@@ -90,6 +120,9 @@ _ORDERS = {
     "block-first": _block_first,
     "cmo-first": _cmo_first,
     "bbml2": _bbml2,
+    "mutant-free-before-tlbi": _mutant_free_before_tlbi,
+    "mutant-no-tlbi": _mutant_no_tlbi,
+    "mutant-tlbi-last-level": _mutant_tlbi_last_level,
 }
 
 STRATEGIES = {
@@ -99,17 +132,31 @@ STRATEGIES = {
     "block-first": Strategy("block-first", "6.2: invalid -> TLBI -> CMO -> block -> free"),
     "cmo-first": Strategy("cmo-first", "CMO -> invalid -> TLBI -> block -> free"),
     "bbml2": Strategy("bbml2", "FEAT_BBM L2: CMO -> block over table -> TLBI -> free"),
+    "mutant-free-before-tlbi": Strategy("mutant-free-before-tlbi",
+                                        "UNSAFE: invalid -> free -> TLBI -> CMO -> block", True),
+    "mutant-no-tlbi": Strategy("mutant-no-tlbi", "UNSAFE: invalid -> CMO -> block -> free", True),
+    "mutant-tlbi-last-level": Strategy("mutant-tlbi-last-level", "UNSAFE: invalid -> "
+                                       "RIPAS2LE1IS -> CMO -> block -> free", True),
 }
 
 
 @dataclass(frozen=True)
 class Variant:
-    """A preset: a coalescing strategy plus where the fault path's CMO happens."""
+    """A preset: a coalescing strategy, where the fault path's CMO happens, what the
+    CPU is assumed to support (FEAT_BBM level, no-abort), and for mutants the
+    deliberate defect (`mutation`)."""
 
     name: str
     coalesce: str
     cmo: str
     summary: str
+    bbm_level: int = 0
+    bbm_noabort: bool = False
+    mutation: str = ""
+
+    @property
+    def unsafe(self) -> bool:
+        return bool(self.mutation) or STRATEGIES[self.coalesce].unsafe
 
 
 VARIANTS = {
@@ -120,8 +167,30 @@ VARIANTS = {
     "rfc": Variant("rfc", "block-first-nocmo", CMO_MAP, "patch1 + the seed as posted"),
     "block-first": Variant("block-first", "block-first", CMO_MAP, "patch1 + mainline 6.2 order"),
     "cmo-first": Variant("cmo-first", "cmo-first", CMO_MAP, "patch1 + clean before the break"),
-    "bbml2": Variant("bbml2", "bbml2", CMO_MAP, "patch1 + FEAT_BBM level 2 replacement"),
+    "bbml2": Variant("bbml2", "bbml2", CMO_MAP, "patch1 + FEAT_BBM level 2 replacement", 2),
+    "bbml2-noabort": Variant("bbml2-noabort", "bbml2", CMO_MAP,
+                             "bbml2 on a CPU that guarantees no TLB conflict aborts", 2, True),
+    # Deliberately broken variants (mutants), to demonstrate and test the checker.
+    "mutant-no-tlbi": Variant("mutant-no-tlbi", "mutant-no-tlbi", CMO_MAP,
+                              "UNSAFE: skips the TLBI after the break", mutation="no-tlbi"),
+    "mutant-free-before-tlbi": Variant("mutant-free-before-tlbi", "mutant-free-before-tlbi",
+                                       CMO_MAP, "UNSAFE: frees the old table before the TLBI "
+                                       "completes", mutation="free-before-tlbi"),
+    "mutant-no-break": Variant("mutant-no-break", "bbml2", CMO_MAP, "UNSAFE: installs the "
+                               "block over the table without breaking, on a CPU without "
+                               "FEAT_BBM level 2", mutation="no-break"),
+    "mutant-tlbi-last-level": Variant("mutant-tlbi-last-level", "mutant-tlbi-last-level",
+                                      CMO_MAP, "UNSAFE: TLBI only the last level when freeing "
+                                      "a table", mutation="tlbi-last-level"),
+    "mutant-no-cmo": Variant("mutant-no-cmo", "unmap-first", CMO_MAP, "UNSAFE: no CMO on a "
+                             "new mapping", mutation="no-cmo"),
+    "mutant-no-dirty": Variant("mutant-no-dirty", "unmap-first", CMO_MAP, "UNSAFE: relaxes "
+                               "write permission while logging without marking dirty",
+                               mutation="no-dirty"),
+    "mutant-no-put": Variant("mutant-no-put", "unmap-first", CMO_MAP, "UNSAFE: forgets a "
+                             "reference drop when breaking a leaf", mutation="no-put"),
 }
+MUTANTS = tuple(k for k in VARIANTS if k.startswith("mutant-"))
 
 
 def variant(name: str, coalesce: str | None = None, cmo: str | None = None) -> Variant:
@@ -139,4 +208,6 @@ def variant(name: str, coalesce: str | None = None, cmo: str | None = None) -> V
     if coalesce is None and cmo is None:
         return v
     c, m = coalesce or v.coalesce, cmo or v.cmo
-    return Variant(f"{v.name}[{c},{m}]", c, m, f"{v.summary} (overridden: {c}, cmo {m})")
+    return Variant(f"{v.name}[{c},{m}]", c, m, f"{v.summary} (overridden: {c}, cmo {m})",
+                   v.bbm_level if c == "bbml2" else 0, v.bbm_noabort and c == "bbml2",
+                   v.mutation)

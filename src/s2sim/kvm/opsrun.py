@@ -52,6 +52,8 @@ def _checked_leaf(pt: Stage2PageTable, op: Op) -> int:
     leaf = op.leaf
     lvl = pt.geo.leaf_level_for(leaf)  # raises for impossible sizes
     del lvl
+    if op.size <= 0:  # else the per-leaf loop below runs zero times and nothing is checked
+        raise AddressError(f"line {op.line}: size {op.size:#x} must be positive")
     if op.ipa % leaf or op.size % leaf or op.pa % leaf:
         raise AddressError(f"line {op.line}: 'as {leaf:#x}' needs IPA, SIZE and PA aligned to "
                            f"the leaf size (IPA {op.ipa:#x}, SIZE {op.size:#x}, PA {op.pa:#x})")

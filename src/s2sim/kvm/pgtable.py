@@ -19,7 +19,8 @@ import numpy as np
 from s2sim.arch import descriptors as d
 from s2sim.arch.machine import Machine, Vttbr
 from s2sim.arch.memory import TablePage
-from s2sim.arch.tlb import IPAS2E1IS, VMALLE1IS, VMALLS12E1IS
+from s2sim.arch.tlb import IPAS2E1IS, RIPAS2LE1IS, VMALLE1IS, VMALLS12E1IS
+from s2sim.kvm.events import OpDone, StageConfig
 from s2sim.errors import AddressError
 from s2sim.kvm import walker as w
 from s2sim.kvm.coalesce import CMO_MAP, STRATEGIES, VARIANTS, Strategy, Variant
@@ -109,6 +110,26 @@ class Stage2PageTable:
         yield Step(DSB)
         self.machine.dsb(cpu)
 
+    def tlbi_range_last_level(self, addr: int, size: int, cpu: int) -> Generator:
+        """TLBI RIPAS2LE1IS over [addr, addr+size); DSB. Leaves only: walk caches stay."""
+        yield Step(TLBI, -1, addr, size=size, tlbi=RIPAS2LE1IS)
+        self.machine.tlbi(RIPAS2LE1IS, self.vmid, addr, size, cpu=cpu)
+        yield Step(DSB)
+        self.machine.dsb(cpu)
+
+    def done(self, op: str, addr: int, size: int, rc: int, cpu: int) -> None:
+        """Publish that an operation completed (after its TLBIs): observers check here."""
+        if self.machine.bus.on:
+            self.machine.bus.emit(OpDone(self.machine.now, cpu, op, addr, size, rc))
+
+    def announce(self, cpu: int = 0) -> None:
+        """Publish the configuration observers need (geometry, root, CPU features)."""
+        if self.machine.bus.on:
+            g = self.geo
+            self.machine.bus.emit(StageConfig(self.machine.now, cpu, g.granule, g.ipa_bits,
+                                              self.vmid, self.vttbr.baddr, self.fwb,
+                                              self.variant.bbm_level, self.variant.bbm_noabort))
+
     def cmo(self, leaf: int, level: int, cpu: int) -> Generator:
         """Clean the memory a leaf maps to PoC (DC CIVAC over the range)."""
         pa = leaf & d.oa_mask(self.geo, level)
@@ -178,11 +199,13 @@ class Stage2PageTable:
         """kvm_pgtable_stage2_map: install leaves, creating tables, splitting blocks,
         coalescing tables into blocks by the variant's strategy."""
         self._check_range(addr, size)
-        if phys & (self.geo.granule_size - 1) or phys >> self.geo.pa_bits:
-            raise AddressError(f"PA {phys:#x} is not {self.geo.granule}-aligned or exceeds "
-                               f"the {self.geo.pa_bits}-bit PA space")
+        if (phys & (self.geo.granule_size - 1) or phys >> self.geo.pa_bits
+                or phys + size > 1 << self.geo.pa_bits):  # else the PA wraps to 0
+            raise AddressError(f"PA range {phys:#x}+{size:#x} is not {self.geo.granule}-aligned "
+                               f"or exceeds the {self.geo.pa_bits}-bit PA space")
         attrs = d.leaf_attrs(prot, self.fwb, device)
-        cmo_in_map = self.variant.cmo == CMO_MAP and not self.fwb and not device
+        cmo_in_map = (self.variant.cmo == CMO_MAP and not self.fwb and not device
+                      and self.variant.mutation != "no-cmo")
         if self.fast:
             probe = self._map_probe(addr, addr + size, phys, attrs)
             if probe is not None:
@@ -190,6 +213,7 @@ class Stage2PageTable:
         ctx = MapContext(self, cpu, phys, attrs, mc, cmo_in_map)
         rc = yield from self._walk(ctx.visit, w.TABLE_PRE | w.LEAF, addr, size)
         ctx.res.rc = rc
+        self.done("map", addr, size, rc, cpu)
         return ctx.res
 
     def _map_probe(self, addr: int, end: int, phys: int, attrs: int):
@@ -246,6 +270,7 @@ class Stage2PageTable:
             res.leaves = 1
             res.level = level
         yield Step("visit", visits=visits)
+        self.done("map", addr, self.geo.level_size(level), res.rc, cpu)
         return res
 
     # --- unmap ---------------------------------------------------------------
@@ -280,6 +305,7 @@ class Stage2PageTable:
             return w.OK
 
         res.rc = yield from self._walk(visit, w.LEAF | w.TABLE_POST, addr, size)
+        self.done("unmap", addr, size, res.rc, cpu)
         return res
 
     # --- attribute updates -----------------------------------------------------
@@ -321,6 +347,7 @@ class Stage2PageTable:
         res.rc = yield from self._update_leaves(addr, g, set_bits, clr_bits, cpu, res)
         if res.level >= 0:
             yield from self.tlbi_ipa(addr, res.level, cpu)
+        self.done("relax", addr, g, res.rc, cpu)
         return res
 
     def mkyoung(self, addr: int, cpu: int = 0) -> Generator:
@@ -423,7 +450,8 @@ class MapContext:
                 return w.EAGAIN
             yield from pt.set_invalid(page, idx, addr, cpu)
             yield from pt.tlbi_ipa(addr, level, cpu)
-            pt.put(page, cpu)
+            if pt.variant.mutation != "no-put":
+                pt.put(page, cpu)
         if self.cmo_in_map and d.is_cacheable(new, pt.fwb):
             yield from pt.cmo(new, level, cpu)
         yield from pt.set_pte(page, idx, new, addr, cpu)
@@ -450,7 +478,8 @@ class MapContext:
         if old & 1:  # a block in the way: break it, the rest is mapped lazily
             yield from pt.set_invalid(page, idx, addr, cpu)
             yield from pt.tlbi_ipa(addr, level, cpu)
-            pt.put(page, cpu)
+            if pt.variant.mutation != "no-put":
+                pt.put(page, cpu)
             self.res.splits += 1
         yield from pt.set_pte(page, idx, d.make_table(child.pa), addr, cpu)
         pt.get(page, cpu)

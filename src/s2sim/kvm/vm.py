@@ -14,6 +14,7 @@ from s2sim.arch.walk import ACCESS_FLAG, EXEC, PERMISSION, WRITE, Fault
 from s2sim.errors import AddressError, ConfigError
 from s2sim.kvm import walker as w
 from s2sim.kvm.coalesce import CMO_FAULT, Variant
+from s2sim.kvm.events import DirtyLog, MarkDirty, MemslotAdded
 from s2sim.kvm.memcache import Memcache
 from s2sim.kvm.memslot import Memslot, resolve_backing, thp_adjust
 from s2sim.kvm.pgtable import Stage2PageTable
@@ -61,6 +62,9 @@ class Kvm:
         hva = (1 << 40) + base + hva_offset  # host VA: aligned like the IPA unless offset
         slot = Memslot(len(self.memslots), base, size, hva, pa, b)
         self.memslots.append(slot)
+        if self.machine.bus.on:
+            self.machine.bus.emit(MemslotAdded(self.machine.now, -1, slot.slot_id, base, size,
+                                               pa))
         return slot
 
     def find_memslot(self, ipa: int) -> Memslot | None:
@@ -77,12 +81,17 @@ class Kvm:
         slot.dirty = set()
         res = yield from self.pgt.wrprotect(slot.base, slot.size, cpu)
         yield from self.pgt.tlbi_vmid(cpu)
+        self.pgt.done("wrprotect", slot.base, slot.size, res.rc, cpu)
+        if self.machine.bus.on:
+            self.machine.bus.emit(DirtyLog(self.machine.now, cpu, slot.slot_id, True))
         yield _UNLOCK
         return res
 
     def disable_dirty_log(self, slot: Memslot, cpu: int):
         """Logging off: nothing changes in the table until the next faults."""
         slot.logging = False
+        if self.machine.bus.on:
+            self.machine.bus.emit(DirtyLog(self.machine.now, cpu, slot.slot_id, False))
         if False:
             yield
         return None
@@ -142,9 +151,12 @@ class Kvm:
                 outcome = MAPPED
             else:
                 outcome = SPURIOUS
-        if writable and slot.logging and res.rc == w.OK:
+        skip = self.variant.mutation == "no-dirty" and perm and size == fault_granule
+        if writable and slot.logging and res.rc == w.OK and not skip:
             first = ipa & ~(geo.granule_size - 1)
-            slot.dirty.add(first)
             yield Step(MARK_DIRTY, ipa=first)
+            slot.dirty.add(first)
+            if self.machine.bus.on:
+                self.machine.bus.emit(MarkDirty(self.machine.now, cpu, first))
         yield _UNLOCK
         return outcome

@@ -76,6 +76,7 @@ class Engine:
         self._tie: Callable[[], float] = (lambda: 0) if tie == "fifo" else self._rng.random
         self.agents: list[Agent] = []
         self.resumptions = 0
+        self._until = 1 << 62
 
     def spawn(self, agent: Agent, at: int | None = None) -> Agent:
         self.agents.append(agent)
@@ -94,6 +95,7 @@ class Engine:
         """Run until no agent is left (or `until`); returns the time reached."""
         heap = self._heap
         machine = self.machine
+        self._until = (1 << 62) if until is None else until
         while heap:
             t, _, _, agent, value = heapq.heappop(heap)
             if until is not None and t > until:
@@ -118,7 +120,7 @@ class Engine:
                     raise SimError(f"agent {agent.name} asked to sleep {req} ns")
                 t = self.now + req
                 heap = self._heap
-                if not heap or t < heap[0][0]:
+                if (not heap or t < heap[0][0]) and t <= self._until:
                     # it would be popped next anyway: resume without the heap
                     self.now = self.machine.now = t
                     value = None

@@ -50,6 +50,8 @@ class GuestAccesses(Event):
     access: str
     pa: int
     tlb_hit: bool
+    desc: int = 0
+    level: int = -1
 
 
 @register

@@ -118,6 +118,8 @@ def parse_profile(text: str, source: str) -> Profile:
             raise bad(f"costs.{k}", f"must be a number, got {v!r}")
         if v < 0 or (k.endswith("_bytes_per_ns") and v <= 0):
             raise bad(f"costs.{k}", f"must be positive, got {v}")
+        if k == "guest_access_ns" and v < 1:  # integer ns; vCPU run-ahead divides by it
+            raise bad(f"costs.{k}", f"must be at least 1 ns, got {v}")
     missing = [k for k in COST_KEYS if k not in costs]
     if missing:
         raise bad(f"costs.{missing[0]}", "is missing (every cost must be given: "

@@ -13,7 +13,7 @@ from s2sim.sim.engine import Agent, Engine, Lock
 from s2sim.sim.events import StageMark
 from s2sim.sim.metrics import Metrics
 from s2sim.sim.profile import Profile, load_profile
-from s2sim.sim.vcpu import HostMemory, Vcpu, drive
+from s2sim.sim.vcpu import HostMemory, Livelock, Vcpu, drive
 from s2sim.workloads.pagetable_test import (
     ADJUST, CREATE, STAGES, UPDATE, TestConfig, stage_segments, test_base)
 
@@ -32,7 +32,10 @@ def run_pagetable_test(cfg: TestConfig, profile: Profile | None = None,
     host_cpu = cfg.vcpus
     machine = Machine(geo, cfg.vcpus + 1, prof.fwb, prof.ha, prof.tlb_capacity,
                       prof.walk_capacity, prof.tlb_policy)
+    for obs in observers:
+        machine.bus.subscribe(obs)
     kvm = Kvm(machine, var, 1, prof.ttl, host_cpu)
+    kvm.pgt.announce(host_cpu)
     from s2sim.kvm.memslot import resolve_backing
     b = resolve_backing(cfg.backing, geo)
     large = b.page_size
@@ -42,8 +45,6 @@ def run_pagetable_test(cfg: TestConfig, profile: Profile | None = None,
                           f"{cfg.backing} page size {large:#x}")
     base = test_base(cfg, geo, large)
     slot = kvm.add_memslot(base, cfg.size, cfg.backing, cfg.hva_offset)
-    for obs in observers:
-        machine.bus.subscribe(obs)
     metrics = Metrics(machine.bus)
     engine = Engine(machine, cfg.tie, cfg.seed)
     lock = Lock("mmu_lock", int(prof.costs["lock_acquire_ns"]),
@@ -54,6 +55,7 @@ def run_pagetable_test(cfg: TestConfig, profile: Profile | None = None,
     anon4k = large == geo.granule_size and not b.thp
     host_actions = []
     stages = []
+    aborted = ""
     for stage in STAGES:
         if stage == UPDATE:
             host_actions.append(_run_host(engine, kvm.enable_dirty_log(slot, host_cpu), costs,
@@ -69,7 +71,11 @@ def run_pagetable_test(cfg: TestConfig, profile: Profile | None = None,
         for v in vcpus:
             segs = stage_segments(stage, v.cpu, base, cfg.size, large, geo.granule_size, anon4k)
             v.agent = engine.spawn(Agent(f"vcpu{v.cpu}", v.cpu, v.run(segs)))
-        t1 = engine.run()
+        try:
+            t1 = engine.run()
+        except Livelock as e:
+            aborted = f"{stage}: {e}"
+            t1 = engine.now
         if machine.bus.on:
             machine.bus.emit(StageMark(t1, -1, stage, False))
         m.seconds = (t1 - t0) / 1e9
@@ -79,6 +85,8 @@ def run_pagetable_test(cfg: TestConfig, profile: Profile | None = None,
         d = m.to_dict()
         d["dirty_pages"] = len(slot.dirty) if stage == UPDATE else 0
         stages.append(d)
+        if aborted:
+            break
     for v in vcpus:
         v.mc.free_all()
     return {
@@ -89,6 +97,7 @@ def run_pagetable_test(cfg: TestConfig, profile: Profile | None = None,
         "profile": prof.to_dict(),
         "stages": stages,
         "host_actions": host_actions,
+        "aborted": aborted,
         "simulated_ns": engine.now,
         "engine_resumptions": engine.resumptions,
         "wall_seconds": round(time.perf_counter() - wall0, 3),

@@ -21,12 +21,19 @@ from s2sim.arch.walk import ACCESS_NAMES, Fault, Translation
 from s2sim.kvm import vm
 from s2sim.kvm.memcache import Memcache
 from s2sim.sim.costs import CostModel
-from s2sim.sim.engine import Acquire, Engine, Lock, Release
+from s2sim.sim.engine import Acquire, Engine, Lock, Release, SimError
 from s2sim.kvm.steps import INVISIBLE
 from s2sim.sim.events import FaultHandled, FaultTaken, GuestAccesses, HostTouch
 
 # A segment of an access stream: accesses at start + k*stride, k < count.
 Segment = tuple[int, int, int, int]  # (start, stride, count, access)
+
+
+class Livelock(SimError):
+    """A vCPU keeps faulting on one address without progress (e.g. a stale walk cache)."""
+
+
+LIVELOCK_FAULTS = 64
 
 
 class HostMemory:
@@ -75,6 +82,7 @@ class Vcpu:
         bus = machine.bus
         acc_ev = bus.on and bus.want.get("guest_accesses", False)
         runahead = self.runahead
+        last_fault_ipa, repeats = -1, 0
         for start, stride, count, access in segments:
             k = 0
             while k < count:
@@ -97,7 +105,7 @@ class Vcpu:
                         pa = (r[1] & ((1 << 48) - 1) & ~((1 << shifts[r[0]]) - 1)) | (
                             ipa & ((1 << shifts[r[0]]) - 1))
                         bus.emit(GuestAccesses(engine.now, cpu, ipa, stride, n,
-                                               ACCESS_NAMES[access], pa, True))
+                                               ACCESS_NAMES[access], pa, True, r[1], r[0]))
                     self.accesses += n
                     k += n
                     yield n * acc_ns
@@ -106,10 +114,19 @@ class Vcpu:
                     self.accesses += 1
                     if acc_ev:
                         bus.emit(GuestAccesses(engine.now, cpu, ipa, stride, 1,
-                                               ACCESS_NAMES[access], r.pa, False))
+                                               ACCESS_NAMES[access], r.pa, False, r.desc,
+                                               r.level))
                     k += 1
                     yield machine.last_walk_levels * walk_ns + acc_ns
                 elif t is Fault:
+                    if ipa == last_fault_ipa:
+                        repeats += 1
+                        if repeats > LIVELOCK_FAULTS:
+                            raise Livelock(f"vCPU {cpu} faulted {repeats} times in a row on IPA "
+                                           f"{ipa:#x} ({r.kind}, level {r.level}) without "
+                                           "progress")
+                    else:
+                        last_fault_ipa, repeats = ipa, 1
                     yield from self._fault(r)
                 elif t is Conflict:
                     # The architecture allows an abort or either entry. s2sim takes the

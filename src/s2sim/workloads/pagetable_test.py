@@ -83,6 +83,8 @@ class TestConfig:
         if offset is not None:
             off = parse_size(offset, "guest physical offset (-p)") if isinstance(offset, str) \
                 else int(offset)
+        if kw.get("tie", "fifo") not in ("fifo", "random"):
+            raise ConfigError(f"tie-break policy {kw['tie']!r} is unknown; use fifo or random")
         return TestConfig(m, sz, v, backing, off, **kw)
 
     @property
