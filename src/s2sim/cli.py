@@ -82,6 +82,8 @@ def ops(script: list[str] = typer.Argument(None, help="operations, one per argum
         cmo: Optional[str] = typer.Option(None, help="override CMO placement: fault or map"),
         fwb: bool = typer.Option(False, "--fwb", help="the CPU has FEAT_S2FWB"),
         limit: int = typer.Option(200, help="print at most this many steps and entries"),
+        check: bool = typer.Option(False, "--check", help="run the safety checker; exit 1 on "
+                                   "any violation"),
         json_out: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """Run page-table operations on a fresh table; print the steps and the final table.
 
@@ -103,11 +105,19 @@ def ops(script: list[str] = typer.Argument(None, help="operations, one per argum
             raise ConfigError(f"script file {file!r} cannot be read: {e.strerror}") from None
     else:
         lines = list(script or [])
-    result = run_script(parse_script(lines), g, v, fwb)
+    checker = None
+    if check:
+        from s2sim.check.checker import Checker
+        checker = Checker()
+    result = run_script(parse_script(lines), g, v, fwb, (checker,) if checker else ())
     result["config"] = {"granule": g.granule, "ipa_bits": g.ipa_bits, "variant": v.name,
                         "coalesce": v.coalesce, "cmo": v.cmo, "fwb": fwb}
+    if checker is not None:
+        result["check"] = checker.to_dict()
     if json_out:
         print(dumps(result))
+        if checker is not None and result["check"]["total"]:
+            raise typer.Exit(1)
         return
     c = console()
     rows = []
@@ -137,6 +147,11 @@ def ops(script: list[str] = typer.Argument(None, help="operations, one per argum
                                                                g, fwb)] for e in ent[:limit]]))
     if len(ent) > limit:
         c.print(f"... {len(ent) - limit} more entries")
+    if checker is not None:
+        from s2sim.report.checks import print_check
+        print_check(result["check"])
+        if result["check"]["total"]:
+            raise typer.Exit(1)
 
 
 MODE_HELP = ("guest mode: 2=P48V48_4K, 3=P48V48_64K, 4=P40V48_4K, 5=P40V48_64K, "
@@ -179,18 +194,21 @@ def pagetable_test(
         seed: int = typer.Option(0, help="seed for the random tie-break"),
         tie: str = typer.Option("fifo", help="tie-break policy: fifo or random"),
         json_path: Optional[str] = typer.Option(None, "--json", help="write the result as JSON "
-                                                "to this path")) -> None:
+                                                "to this path"),
+        check: bool = typer.Option(False, "--check", help="run the safety checker; exit 1 on "
+                                   "any violation"),
+        trace: Optional[str] = typer.Option(None, "--trace", help="record the event stream as "
+                                            "JSON lines to this path")) -> None:
     """Simulate kvm_page_table_test: stage times and metrics per stage."""
     from s2sim.report.results import print_pagetable_test, write_json_atomic
-    from s2sim.sim.run import run_pagetable_test
 
     cfg = _test_config(mode, size, vcpus, backing, offset, variant, coalesce, cmo, platform,
                        seed, tie)
     _check_json_path(json_path)
-    result = run_pagetable_test(cfg)
+    _check_json_path(trace)
+    result = _run_checked(cfg, check, trace)
     print_pagetable_test(result)
-    if json_path:
-        write_json_atomic(json_path, result)
+    _finish(result, check, json_path, write_json_atomic)
 
 
 @app.command()
@@ -206,10 +224,11 @@ def compare(
         seed: int = typer.Option(0, help="seed for the random tie-break"),
         tie: str = typer.Option("fifo", help="tie-break policy: fifo or random"),
         json_path: Optional[str] = typer.Option(None, "--json", help="write all results as JSON "
-                                                "to this path")) -> None:
+                                                "to this path"),
+        check: bool = typer.Option(False, "--check", help="run the safety checker on every "
+                                   "variant; exit 1 on any violation")) -> None:
     """Run several variants on the same workload; stage times and key metrics side by side."""
     from s2sim.report.results import print_compare, write_json_atomic
-    from s2sim.sim.run import run_pagetable_test
 
     names = [v.strip() for v in variants.split(",") if v.strip()]
     if not names:
@@ -222,17 +241,126 @@ def compare(
     for cfg in cfgs:
         if progress:
             print(f"s2sim: simulating {cfg.variant} ...", file=sys.stderr, flush=True)
-        results.append(run_pagetable_test(cfg))
+        results.append(_run_checked(cfg, check, None))
     print_compare(results)
+    bad = False
+    if check:
+        from s2sim.report.checks import print_check
+        for r in results:
+            print_check(r["check"], title=f"safety check, {r['config']['variant']}")
+            bad = bad or r["check"]["total"] > 0
     if json_path:
         from s2sim import __version__
         write_json_atomic(json_path, {"version": __version__, "runs": results})
+    if bad or any(r.get("aborted") for r in results):
+        raise typer.Exit(1)
+
+
+def _run_checked(cfg, check: bool, trace: Optional[str]) -> dict:
+    """Run pagetable-test with the checker and/or a trace writer subscribed."""
+    from s2sim.sim.run import run_pagetable_test
+
+    observers = []
+    checker = None
+    fh = None
+    if check:
+        from s2sim.check.checker import Checker
+        checker = Checker()
+        observers.append(checker)
+    if trace:
+        import os
+        import tempfile
+
+        from s2sim.check.trace import TraceWriter
+        d = os.path.dirname(os.path.abspath(trace))
+        fd, tmp = tempfile.mkstemp(prefix=".s2sim-trace-", dir=d)
+        fh = os.fdopen(fd, "w", encoding="utf-8")
+        observers.append(TraceWriter(fh))
+    try:
+        result = run_pagetable_test(cfg, observers=tuple(observers))
+    except BaseException:
+        if fh is not None:
+            fh.close()
+            os.unlink(tmp)
+        raise
+    if fh is not None:
+        fh.close()
+        os.replace(tmp, trace)
+    if checker is not None:
+        result["check"] = checker.to_dict()
+    return result
+
+
+def _finish(result: dict, check: bool, json_path, write) -> None:
+    bad = False
+    if result.get("aborted"):
+        print(f"s2sim: simulation aborted: {result['aborted']}", file=sys.stderr)
+        bad = True
+    if check:
+        from s2sim.report.checks import print_check
+        print_check(result["check"])
+        bad = bad or result["check"]["total"] > 0
+    if json_path:
+        write(json_path, result)
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command("check-trace")
+def check_trace(path: str = typer.Argument(..., help="a trace written by --trace"),
+                json_out: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """Run the safety checker offline on a recorded trace (same verdicts as --check)."""
+    from s2sim.check.checker import Checker
+    from s2sim.check.trace import replay
+    from s2sim.report.checks import print_check
+
+    checker = Checker()
+    replay(path, checker)
+    d = checker.to_dict()
+    if json_out:
+        print(dumps(d))
+    else:
+        print_check(d)
+    if d["total"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def explore(scenario: str = typer.Argument("all", help="coalesce, split, unmap, or all"),
+            variant: str = typer.Option("rfc", help="variant or mutant to explore"),
+            budget: int = typer.Option(20000, help="schedules before falling back from "
+                                       "exhaustive to preemption-bounded search"),
+            bound: Optional[int] = typer.Option(None, help="preemption bound (skips the "
+                                                "exhaustive attempt)"),
+            json_out: bool = typer.Option(False, "--json", help="print JSON")) -> None:
+    """Explore every order of the agents' steps in small scenarios; exit 1 on a violation."""
+    from s2sim.check.explore import SCENARIOS
+    from s2sim.check.explore import explore as run_explore
+    from s2sim.kvm.coalesce import variant as get_variant
+    from s2sim.report.checks import print_exploration
+
+    v = get_variant(variant)
+    names = list(SCENARIOS) if scenario == "all" else [scenario]
+    if scenario != "all" and scenario not in SCENARIOS:
+        raise ConfigError(f"scenario {scenario!r} is unknown; use one of "
+                          f"{', '.join(SCENARIOS)} or all")
+    results = [run_explore(n, v, budget, bound).to_dict() for n in names]
+    if json_out:
+        print(dumps({"variant": v.name, "unsafe": v.unsafe, "results": results}))
+    else:
+        if v.unsafe:
+            console().print(f"variant {v.name} is a deliberately UNSAFE mutant: {v.summary}")
+        print_exploration(results)
+    if any(r["violations"] for r in results):
+        raise typer.Exit(1)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: one clear line and exit 2 for bad input, never a traceback."""
     try:
-        app(args=argv, standalone_mode=False)
+        rc = app(args=argv, standalone_mode=False)
+        if isinstance(rc, int) and rc:
+            sys.exit(rc)
     except S2SimError as e:
         print(f"s2sim: error: {e}", file=sys.stderr)
         sys.exit(2)

@@ -151,11 +151,16 @@ class TlbConflictCheck(Property):
         if not reach or not e.new & 1 or m.cfg.bbm_level < 2 or m.cfg.bbm_noabort:
             return
         size = m.size(e.level)
-        if old & 1 and (old & 3) != (e.new & 3) or any(True for _ in m.stale_overlapping(
-                base, base + size)):
-            self.report(e, base, f"0x{old:x} -> 0x{e.new:x}",
-                        "size changed without a break (FEAT_BBM level 2): old and new "
-                        "translations may both be cached, TLB conflict abort possible")
+        new_leaf = not (e.level < 3 and e.new & 2)
+        for rec in m.stale_overlapping(base, base + size):
+            other_size = rec[0] == "table" and (rec[4] or rec[5]) or (
+                rec[0] == "leaf" and (rec[1] != e.level or not new_leaf))
+            if other_size:
+                self.report(e, base, f"0x{old:x} -> 0x{e.new:x}",
+                            "size changed without a break (FEAT_BBM level 2): old and new "
+                            "translations of different sizes may both be cached, TLB conflict "
+                            "abort possible")
+                return
 
 
 class StaleTranslation(Property):

@@ -60,10 +60,17 @@ def _checked_leaf(pt: Stage2PageTable, op: Op) -> int:
     return leaf
 
 
-def run_script(ops: list[Op], geo: Geometry, variant: Variant, fwb: bool = False) -> dict:
-    """Execute `ops` in order; returns {"steps", "table", "results"}."""
+def run_script(ops: list[Op], geo: Geometry, variant: Variant, fwb: bool = False,
+               observers: tuple = ()) -> dict:
+    """Execute `ops` in order; returns {"steps", "table", "results"}.
+
+    `observers` subscribe to the event stream before anything happens.
+    """
     machine = Machine(geo, 1, fwb)
+    for obs in observers:
+        machine.bus.subscribe(obs)
     pt = Stage2PageTable(machine, 1, variant)
+    pt.announce()
     mc = Memcache(machine)
     steps: list[dict] = []
     results: list[dict] = []
@@ -90,7 +97,7 @@ def run_script(ops: list[Op], geo: Geometry, variant: Variant, fwb: bool = False
             elif name == "unmap":
                 gen = pt.unmap(ipa, size)
             elif name == "wrprotect":
-                gen = _then_flush(pt, pt.wrprotect(ipa, size))
+                gen = _then_flush(pt, pt.wrprotect(ipa, size), ipa, size)
             elif name == "relax":
                 gen = pt.relax_perms(ipa, op.prot)
             elif name == "mkold":
@@ -123,8 +130,9 @@ def run_script(ops: list[Op], geo: Geometry, variant: Variant, fwb: bool = False
             "counts": dict(machine.counts), "pages_live": len(machine.mem.tables)}
 
 
-def _then_flush(pt: Stage2PageTable, gen):
+def _then_flush(pt: Stage2PageTable, gen, ipa: int, size: int):
     """wrprotect as KVM's callers use it: then flush the VMID."""
     res = yield from gen
     yield from pt.tlbi_vmid(0)
+    pt.done("wrprotect", ipa, size, res.rc, 0)
     return res
