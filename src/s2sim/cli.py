@@ -162,8 +162,10 @@ BACKING_HELP = ("anonymous, anonymous_thp, anonymous_hugetlb, anonymous_hugetlb_
 
 def _test_config(mode, size, vcpus, backing, offset, variant, coalesce, cmo, platform, seed,
                  tie, hva_offset=0, runahead=True):
+    from s2sim.kvm.coalesce import variant as get_variant
     from s2sim.workloads.pagetable_test import TestConfig
 
+    get_variant(variant, coalesce, cmo)  # refuse unknown names before any run
     return TestConfig.make(mode, size, vcpus, backing, offset, variant=variant,
                            coalesce=coalesce, cmo=cmo, platform=platform, seed=seed, tie=tie,
                            hva_offset=hva_offset, runahead=runahead)
