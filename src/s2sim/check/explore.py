@@ -300,6 +300,7 @@ def _replay(scn: Scenario, variant: Variant, prefix: list[int], pick=None):
     pending: list[str | None] = [None] * len(gens)
     choices: list[int] = []
     options: list[list[int]] = []
+    labels: list[dict[int, str]] = []
     first_bad: dict[str, int] = {}
     # prime: advance every agent to its first scheduling point
     for i, g in enumerate(gens):
@@ -317,10 +318,16 @@ def _replay(scn: Scenario, variant: Variant, prefix: list[int], pick=None):
             i = prefix[step]
             if i not in runnable:
                 raise RuntimeError("schedule prefix not replayable")
+        elif pick is not None:
+            i = pick(runnable)
         else:
-            i = runnable[0] if pick is None else pick(runnable)
+            i = runnable[0]
+            if choices and labels[-1].get(choices[-1]) in READS:  # stay canonical
+                prev = choices[-1]
+                i = next((j for j in runnable if not (j < prev and pending[j] in READS)), i)
         choices.append(i)
         options.append(runnable)
+        labels.append({j: pending[j] for j in runnable})
         world.machine.now = step
         before = len(world.checker.violations)
         try:
@@ -335,7 +342,24 @@ def _replay(scn: Scenario, variant: Variant, prefix: list[int], pick=None):
     world.checker.refc.on_done(ev.Dsb(step, -1, 0))
     for v in world.checker.violations:
         first_bad.setdefault(v.property, step)
-    return choices, options, world, first_bad, names
+    return choices, options, world, first_bad, names, labels
+
+
+# vCPU steps that only read shared state (TLB lookup, one descriptor read): two such
+# steps of different agents commute, so only one order of an adjacent pair is explored.
+READS = frozenset({"tlb", "walk"})
+
+
+def _canonical(choices: list[int], labels: list[dict[int, str]], k: int, alt: int) -> bool:
+    """False if taking `alt` at step k puts two commuting reads out of index order
+    (the swapped schedule is equivalent and explored instead: sound pruning, since
+    the lexicographically least schedule of each equivalence class never has an
+    adjacent commuting pair in decreasing order)."""
+    if k == 0:
+        return True
+    prev = choices[k - 1]
+    return not (alt < prev and labels[k - 1].get(prev) in READS
+                and labels[k].get(alt) in READS)
 
 
 def _preemptions(choices: list[int], options: list[list[int]]) -> int:
@@ -347,7 +371,7 @@ def _preemptions(choices: list[int], options: list[list[int]]) -> int:
     return n
 
 
-def explore(name: str, variant: Variant, budget: int = 20000, bound: int | None = None,
+def explore(name: str, variant: Variant, budget: int = 40000, bound: int | None = None,
             samples: int = 2000, seed: int = 0) -> Exploration:
     """Explore one scenario under one variant. Raises ConfigError for unknown scenarios."""
     scn = SCENARIOS.get(name)
@@ -357,18 +381,21 @@ def explore(name: str, variant: Variant, budget: int = 20000, bound: int | None 
     modes = [("exhaustive", None)] if bound is None else []
     modes += [(f"preemption-bounded (k={k})", k) for k in ((bound,) if bound is not None
                                                           else (3, 2, 1))]
+    tried = []
     for mode, k in modes:
         res = _dfs(scn, variant, budget, k)
         if res is not None:
-            res.mode = mode
+            res.mode = mode + "".join(f"; {t} abandoned after {budget} schedules"
+                                      for t in tried)
             return res
+        tried.append(mode.split(" (")[0] if k is None else mode)
     # fall back: seeded random schedules
     out = Exploration(name, variant.name, f"random ({samples} schedules, seed {seed})",
                       complete=False)
     rng = random.Random(seed)
     for _ in range(samples):
-        choices, options, world, bad, names = _replay(scn, variant, [],
-                                                      pick=lambda r: rng.choice(r))
+        choices, options, world, bad, names, _ = _replay(scn, variant, [],
+                                                         pick=lambda r: rng.choice(r))
         _record(out, choices, world, bad, names, options)
     return out
 
@@ -378,7 +405,7 @@ def _dfs(scn: Scenario, variant: Variant, budget: int, bound: int | None):
     stack: list[list[int]] = [[]]
     while stack:
         prefix = stack.pop()
-        choices, options, world, bad, names = _replay(scn, variant, prefix)
+        choices, options, world, bad, names, labels = _replay(scn, variant, prefix)
         if bound is not None and _preemptions(choices, options) > bound:
             continue
         _record(out, choices, world, bad, names, options)
@@ -386,7 +413,7 @@ def _dfs(scn: Scenario, variant: Variant, budget: int, bound: int | None):
             return None
         for k in range(len(choices) - 1, len(prefix) - 1, -1):
             for alt in reversed(options[k]):
-                if alt > choices[k]:
+                if alt > choices[k] and _canonical(choices, labels, k, alt):
                     nxt = choices[:k] + [alt]
                     if bound is None or _preemptions(nxt, options[:k] + [options[k]]) <= bound:
                         stack.append(nxt)
