@@ -8,6 +8,7 @@ observer (the Checker gives the same verdicts offline as online).
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from typing import Callable, TextIO
 
 from s2sim import __version__
@@ -20,6 +21,20 @@ from s2sim.kvm import steps as _kvm_steps  # noqa: F401
 from s2sim.sim import events as _sim_events  # noqa: F401
 
 SCHEMA = 1
+
+_FIELD_TYPES = {"int": int, "str": str, "bool": bool, "tuple": tuple}
+
+
+def _event(d) -> ev.Event:
+    """`event_from_dict`, then each field's JSON type checked against its annotation
+    (a string where an int belongs would otherwise crash an observer)."""
+    e = ev.event_from_dict(d)
+    for f in fields(e):
+        want = _FIELD_TYPES.get(f.type)
+        v = getattr(e, f.name)
+        if want is not None and not isinstance(v, want):
+            raise TypeError(f"field {f.name!r} is {type(v).__name__}, not {want.__name__}")
+    return e
 
 
 class TraceWriter:
@@ -42,7 +57,7 @@ def replay(path: str, observer: Callable[[ev.Event], None]) -> int:
     another schema version, or a malformed line (naming its number).
     """
     try:
-        fh = open(path, encoding="utf-8")
+        fh = open(path, encoding="utf-8", errors="replace")  # bad bytes: a malformed line
     except OSError as e:
         raise ConfigError(f"trace {path!r} cannot be read: {e.strerror}") from None
     n = 0
@@ -61,7 +76,7 @@ def replay(path: str, observer: Callable[[ev.Event], None]) -> int:
             if not line.strip():
                 continue
             try:
-                e = ev.event_from_dict(json.loads(line))
+                e = _event(json.loads(line))
             except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
                 raise ConfigError(f"trace {path!r} line {lineno}: malformed event "
                                   f"({type(err).__name__}: {err})") from None

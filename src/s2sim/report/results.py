@@ -89,6 +89,13 @@ def print_compare(results: list[dict]) -> None:
     for i, st in enumerate(results[0]["stages"]):
         rows = [[label] + [fmt_value(k, r["stages"][i][k]) for r in results] for k, label in keys]
         c.print(table(st["name"], ["metric"] + variants, rows))
+    cmo_skippers = [r["config"]["variant_resolved"]["name"] for r in results
+                    if r["config"]["variant_resolved"]["coalesce"] == "block-first-nocmo"]
+    if cmo_skippers:
+        c.print(f"note: {', '.join(cmo_skippers)} installs the coalesced block without cleaning "
+                "it to PoC. This workload cleaned every page earlier, so nothing shows here; "
+                "`s2sim explore coalesce --variant rfc` finds the coherency violation it allows "
+                "when the table was only partly populated (the review's scenario).")
 
 
 def write_json_atomic(path: str, obj) -> None:
