@@ -357,6 +357,76 @@ def explore(scenario: str = typer.Argument("all", help="coalesce, split, unmap, 
         raise typer.Exit(1)
 
 
+@app.command()
+def reproduce(data: Optional[str] = typer.Option(None, "--data", help="calibration TOML "
+                                                 "(default: the shipped seed data)"),
+              platform: str = typer.Option("kunpeng920", help="profile name or path"),
+              json_path: Optional[str] = typer.Option(None, "--json", help="write JSON here"),
+              plot_path: Optional[str] = typer.Option(None, "--plot", help="write a PNG bar "
+                                                      "chart here")) -> None:
+    """Run every calibration configuration with a profile: published vs simulated, and why."""
+    from s2sim.report import reproduce as rp
+    from s2sim.report.results import write_json_atomic
+    from s2sim.sim.calibrate import simulate_all
+    from s2sim.sim.profile import load_profile
+    from s2sim.workloads.calibration import load_calibration
+
+    d = load_calibration(data)
+    prof = load_profile(platform)
+    _check_json_path(json_path)
+    _check_json_path(plot_path)
+    _, results = simulate_all(d, prof)
+    rep = rp.build(d, results)
+    rep["profile"] = prof.to_dict()
+    rp.print_reproduce(rep, prof.name)
+    if json_path:
+        write_json_atomic(json_path, rep)
+    if plot_path:
+        rp.plot(rep, plot_path)
+
+
+@app.command()
+def calibrate(data: str = typer.Argument(..., help="calibration TOML (published stage times)"),
+              platform: str = typer.Option("kunpeng920", help="starting profile"),
+              platform_out: Optional[str] = typer.Option(None, "--platform-out",
+                                                         help="write the fitted profile here"),
+              max_evals: int = typer.Option(40, help="most simulations of the whole data set")
+              ) -> None:
+    """Fit the profile's free parameters to the data by least squares on relative error."""
+    import os
+
+    from s2sim.sim.calibrate import FREE, calibrate as fit, profile_toml
+    from s2sim.sim.profile import load_profile
+    from s2sim.workloads.calibration import load_calibration
+
+    d = load_calibration(data)
+    base = load_profile(platform)
+    _check_json_path(platform_out)
+
+    def progress(n, x, fits):
+        if sys.stderr.isatty():
+            worst = max(abs(f.relative_error) for f in fits)
+            print(f"s2sim: evaluation {n}: worst stage error {worst:.1%}", file=sys.stderr)
+
+    res = fit(d, base, FREE, max_evals, progress)
+    c = console()
+    c.print(table("fitted parameters", ["parameter", "value", "bounds", "meaning"],
+                  [[k, f"{v:g}", f"{FREE[k][0]:g}..{FREE[k][1]:g}", FREE[k][2]]
+                   for k, v in res["params"].items()]))
+    c.print(table("residuals", ["run", "stage", "published s", "simulated s", "error"],
+                  [[f.run, f.stage, f"{f.published:.3f}", f"{f.simulated:.3f}",
+                    f"{f.relative_error:+.1%}"] for f in res["fits"]]))
+    c.print(f"{res['evaluations']} evaluations of {len(d.runs)} runs in "
+            f"{res['wall_seconds']:.1f} s")
+    if platform_out:
+        d_ = os.path.dirname(os.path.abspath(platform_out))
+        import tempfile
+        fd, tmp = tempfile.mkstemp(prefix=".s2sim-", suffix=".toml", dir=d_)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(profile_toml(res["profile"]))
+        os.replace(tmp, platform_out)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: one clear line and exit 2 for bad input, never a traceback."""
     try:

@@ -1,0 +1,110 @@
+"""`s2sim reproduce`: published vs simulated stage times, with the mechanism behind each."""
+
+from __future__ import annotations
+
+from s2sim.arch.geometry import fmt_size
+from s2sim.report.render import console, table
+from s2sim.report.results import fmt_ns
+
+
+def mechanism(stage: dict, cfg: dict, other: dict | None = None) -> str:
+    """One line saying what the stage's time is made of, from its counts only."""
+    parts = []
+    outs = stage["outcomes"]
+    parts.append(f"{stage['faults']} faults (" + ", ".join(f"{k} {v}" for k, v in outs.items())
+                 + ")")
+    if stage["cmo_ops"]:
+        each = stage["cmo_bytes"] // stage["cmo_ops"]
+        parts.append(f"{stage['cmo_ops']} CMOs of {fmt_size(each)} = {fmt_size(stage['cmo_bytes'])}"
+                     + (" cleaned in the fault handler under mmu_lock"
+                        if cfg["variant_resolved"]["cmo"] == "fault" else " cleaned in map"))
+    if stage["lock_contended"]:
+        parts.append(f"mmu_lock contended {stage['lock_contended']} times, waited "
+                     f"{fmt_ns(stage['lock_wait_ns'])} in all")
+    if stage["invalid_windows"]:
+        parts.append(f"{stage['invalid_windows']} invalid windows, longest "
+                     f"{fmt_ns(stage['invalid_window_max_ns'])}")
+    if stage["host_bytes_zeroed"]:
+        parts.append(f"host zeroed {fmt_size(stage['host_bytes_zeroed'])} on first touch")
+    if other is not None:
+        d = other["spurious_faults"] - stage["spurious_faults"]
+        w = other["invalid_window_max_ns"] - stage["invalid_window_max_ns"]
+        parts.append(f"vs {other['_variant']}: {d} spurious faults avoided, longest invalid "
+                     f"window {fmt_ns(max(w, 0))} shorter")
+    return "; ".join(parts)
+
+
+def build(data, results: list[dict]) -> dict:
+    """The reproduce JSON: runs, each with id and stages (published, simulated, error)."""
+    by_key = {}
+    for run, res in zip(data.runs, results):
+        by_key.setdefault((run.backing, run.size, run.vcpus), []).append((run, res))
+    out = []
+    for run, res in zip(data.runs, results):
+        stages = {s["name"]: s for s in res["stages"]}
+        peers = [r for r in by_key[(run.backing, run.size, run.vcpus)] if r[0] is not run]
+        rows = []
+        for name, pub in run.seconds.items():
+            st = stages[name]
+            other = None
+            if peers and run.variant == "rfc":
+                o = dict({s["name"]: s for s in peers[0][1]["stages"]}[name])
+                o["_variant"] = peers[0][0].variant
+                other = o
+            sim = st["seconds"]
+            rows.append({"name": name, "published_seconds": pub, "simulated_seconds": sim,
+                         "relative_error": (sim - pub) / pub,
+                         "mechanism": mechanism(st, res["config"], other),
+                         "counts": {k: st[k] for k in ("faults", "spurious_faults", "cmo_bytes",
+                                                       "cmo_ops", "lock_contended",
+                                                       "lock_wait_ns", "invalid_windows",
+                                                       "invalid_window_max_ns",
+                                                       "host_bytes_zeroed")},
+                         "outcomes": st["outcomes"]})
+        out.append({"id": run.id, "variant": run.variant, "backing": run.backing,
+                    "size": run.size, "vcpus": run.vcpus, "stages": rows,
+                    "wall_seconds": res["wall_seconds"]})
+    return {"data": data.path, "data_sha256": data.sha256, "runs": out}
+
+
+def print_reproduce(rep: dict, profile_name: str) -> None:
+    c = console()
+    rows = []
+    for r in rep["runs"]:
+        for s in r["stages"]:
+            err = s["relative_error"]
+            rows.append([r["id"], s["name"].removeprefix("KVM_").removesuffix("_MAPPINGS"),
+                         f"{s['published_seconds']:.3f}", f"{s['simulated_seconds']:.3f}",
+                         f"{err:+.1%}" + ("" if abs(err) <= 0.10 else " !")])
+    c.print(table(f"published vs simulated (profile {profile_name}; '!' = beyond 10%)",
+                  ["run", "stage", "published s", "simulated s", "error"], rows))
+    for r in rep["runs"]:
+        for s in r["stages"]:
+            c.print(f"{r['id']} {s['name']}: {s['mechanism']}")
+
+
+def plot(rep: dict, path: str) -> None:
+    """Grouped bars, published vs simulated per stage, log scale."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels, pub, sim = [], [], []
+    for r in rep["runs"]:
+        for s in r["stages"]:
+            labels.append(f"{r['id']}\n{s['name'].removeprefix('KVM_').removesuffix('_MAPPINGS')}")
+            pub.append(s["published_seconds"])
+            sim.append(s["simulated_seconds"])
+    fig, ax = plt.subplots(figsize=(max(8, 0.7 * len(labels)), 5))
+    xs = range(len(labels))
+    ax.bar([x - 0.2 for x in xs], pub, 0.4, label="published (Kunpeng 920)")
+    ax.bar([x + 0.2 for x in xs], sim, 0.4, label="simulated (s2sim)")
+    ax.set_yscale("log")
+    ax.set_ylabel("stage time (s, log scale)")
+    ax.set_xticks(list(xs))
+    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+    ax.legend()
+    ax.set_title("kvm_page_table_test: published vs simulated")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
