@@ -16,7 +16,7 @@ from s2sim.check.intervals import IntervalSet
 from s2sim.check.mirror import OA, Mirror
 from s2sim.kvm.events import DirtyLog, MarkDirty, MemslotAdded, OpDone, StageConfig
 from s2sim.kvm.steps import Teardown
-from s2sim.sim.events import FaultHandled, GuestAccesses, HostTouch
+from s2sim.sim.events import GuestAccesses, HostTouch
 
 BBM, CONFLICT, STALE, UAF, REFCOUNT, PA, DIRTY, COHERENCY = (
     "break_before_make", "tlb_conflict", "stale_translation", "use_after_free",
@@ -207,6 +207,13 @@ class UseAfterFree(Property):
                             "table page freed while a walk cache may still point to it "
                             "(no completed TLBI of the table entry)")
                 return
+            # a walk cache may also hold the unlinked subtree's own table entries
+            for child, r in recs.items():
+                if r[0] and m.below(child, e.pa):
+                    self.report(e, base, f"table -> 0x{child:x} at level {lvl}",
+                                f"table page 0x{e.pa:x} freed while a walk cache may still "
+                                "reach it through an unlinked table not yet invalidated")
+                    return
 
 
 class RefCounts(Property):
@@ -355,8 +362,8 @@ class Checker:
         elif t is OpDone:
             self.stale.on_done(e)
             self.refc.on_done(e)
-        elif t is FaultHandled:
-            self.refc.on_done(e)
+        # Not at FaultHandled: it is published after mmu_lock is released, so another
+        # vCPU's operation may be half done (a break not yet put): not a quiescent point.
         elif t is HostTouch:
             self.lines.add(e.pa, e.pa + e.size)
         elif t is ev.Cmo:

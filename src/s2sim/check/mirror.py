@@ -145,6 +145,22 @@ class Mirror:
                         return True
         return False
 
+    def below(self, top: int, pa: int) -> bool:
+        """Is table page `pa` in the subtree under table page `top` (not `top` itself)?"""
+        todo, seen = [top], set()
+        while todo:
+            p = todo.pop()
+            if p in seen or self.page_info.get(p, (3, 0))[0] >= 3:
+                continue
+            seen.add(p)
+            for d in self.pages.get(p, {}).values():
+                if d & 3 == 3:
+                    c = d & self.geo.table_mask
+                    if c == pa:
+                        return True
+                    todo.append(c)
+        return False
+
     # --- TLB maintenance ---------------------------------------------------------
     def on_tlbi(self, e: ev.Tlbi) -> None:
         self.pending.setdefault(e.cpu, []).append(e)

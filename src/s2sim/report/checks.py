@@ -32,9 +32,9 @@ def print_check(check: dict, full: int = 3, title: str = "safety check") -> None
                   ["property", "verdict", "violations"], rows))
     for v in check["violations"][:full]:
         c.print(f"[{v['property']}] t={v['time']}ns cpu{v['cpu']} IPA {v['ipa']:#x} "
-                f"entry {v['entry']}: {v['detail']}")
+                f"entry {v['entry']}: {v['detail']}", markup=False)  # "[name]" is no style
         for h in v["history"][-6:]:
-            c.print("    " + _hist_line(h))
+            c.print("    " + _hist_line(h), markup=False)
     more = check["total"] - min(full, len(check["violations"]))
     if more > 0:
         c.print(f"... and {more} more (counts above; --json for the first "
@@ -55,7 +55,7 @@ def print_exploration(results: list[dict]) -> None:
             c.print(f"  VIOLATED: {', '.join(bad)}")
         for f in r["violations"]:
             v = f["violation"]
-            c.print(f"  [{f['property']}] {v['detail']}")
+            c.print(f"  [{f['property']}] {v['detail']}", markup=False)
             c.print(f"    entry {v['entry']}, IPA {v['ipa']:#x}, cpu{v['cpu']}")
             c.print(f"    minimal schedule ({len(f['schedule'])} steps): "
                     + " ".join(f["schedule"]))
