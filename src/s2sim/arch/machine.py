@@ -13,9 +13,11 @@ from dataclasses import dataclass
 from s2sim.arch import events as ev
 from s2sim.arch.geometry import Geometry
 from s2sim.arch.memory import PhysMem, TablePage
-from s2sim.arch.tlb import TLB, TLBI_OPS, Conflict
+from s2sim.arch.tlb import IPAS2LE1IS, RIPAS2LE1IS, TLB, TLBI_OPS, VMALLE1IS, Conflict
 from s2sim.arch.walk import ACCESS_NAMES, Fault, Translation, permits, walk_path
 from s2sim.errors import ConfigError
+
+LEAF_ONLY = (VMALLE1IS, IPAS2LE1IS, RIPAS2LE1IS)  # TLBIs that keep walk caches
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +78,11 @@ class Machine:
         """DSB ISH: complete this CPU's outstanding TLBIs on every CPU."""
         ops = self._pending.pop(cpu, [])
         for op, vmid, ipa, size, ttl in ops:
+            walk = op not in LEAF_ONLY
             for tlb in self.tlbs:
-                tlb.invalidate(op, vmid, ipa, size, ttl)
+                # a TLB with nothing the operation could drop is left alone (same state)
+                if any(tlb._leafdicts) or (walk and any(tlb._walkdicts)):
+                    tlb.invalidate(op, vmid, ipa, size, ttl)
         self.counts["dsb"] += 1
         if self.bus.on:
             self.bus.emit(ev.Dsb(self.now, cpu, len(ops)))

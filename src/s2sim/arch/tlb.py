@@ -54,6 +54,9 @@ class TLB:
         self._probe = tuple((lvl, shifts[lvl], self.leaf[lvl]) for lvl in sorted(leaf_levels))
         self._wprobe = tuple((lvl, shifts[lvl], self.walkc[lvl])
                              for lvl in sorted(table_levels, reverse=True))
+        # the dicts as tuples: `any(...)` tells in one call whether a part is empty
+        self._leafdicts = tuple(self.leaf.values())
+        self._walkdicts = tuple(self.walkc.values())
         self._order: dict[tuple[int, int], None] = {}
         self._worder: dict[tuple[int, int], None] = {}
         self.hits = self.misses = self.conflicts = self.evictions = 0
@@ -134,9 +137,29 @@ class TLB:
             return self._drop_all(vmid)
         if op == VMALLE1IS:
             return self._drop_all(vmid, walk=False)
-        if op in (IPAS2E1IS, IPAS2LE1IS):
-            size = 1
         last_only = op in (IPAS2LE1IS, RIPAS2LE1IS)
+        if op in (IPAS2E1IS, IPAS2LE1IS):
+            # One IPA: one key per level (the hot case: KVM's flush by IPA on every
+            # DSB, applied to every CPU's TLB). Same effect as _drop_range(size 1).
+            n = 0
+            order = self._order
+            for lvl, shift, dct in self._probe:
+                if dct and (ttl < 0 or lvl == ttl):
+                    k = ((ipa >> shift) << 16) | vmid
+                    if k in dct:
+                        del dct[k]
+                        order.pop((lvl, k), None)
+                        n += 1
+            if not last_only:
+                order = self._worder
+                for lvl, shift, dct in self._wprobe:
+                    if dct:
+                        k = ((ipa >> shift) << 16) | vmid
+                        if k in dct:
+                            del dct[k]
+                            order.pop((lvl, k), None)
+                            n += 1
+            return n
         n = 0
         for lvl, dct in self.leaf.items():
             if ttl >= 0 and lvl != ttl:
@@ -166,10 +189,19 @@ class TLB:
             (self.leaf, self._order),)
         for group, order in groups:
             for lvl, dct in group.items():
+                if not dct:
+                    continue
                 keys = [k for k in dct if (k & VMID_MASK) == vmid]
-                for k in keys:
-                    del dct[k]
-                    order.pop((lvl, k), None)
+                if len(keys) == len(dct):
+                    # every entry is this VMID's (one VM): drop the level at once
+                    dct.clear()
+                    if order:
+                        for k in keys:
+                            order.pop((lvl, k), None)
+                else:
+                    for k in keys:
+                        del dct[k]
+                        order.pop((lvl, k), None)
                 n += len(keys)
         return n
 

@@ -9,6 +9,7 @@ from s2sim.arch.machine import Machine
 from s2sim.kvm.coalesce import variant as get_variant
 from s2sim.kvm.vm import Kvm
 from s2sim.sim.costs import CostModel
+from s2sim.sim.convoy import Convoy
 from s2sim.sim.engine import Agent, Engine, Lock
 from s2sim.sim.events import StageMark
 from s2sim.sim.metrics import Metrics
@@ -19,10 +20,13 @@ from s2sim.workloads.pagetable_test import (
 
 
 def run_pagetable_test(cfg: TestConfig, profile: Profile | None = None,
-                       observers: tuple = ()) -> dict:
+                       observers: tuple = (), ff_stats: dict | None = None) -> dict:
     """Simulate the selftest; returns the JSON-ready result (schema in docs/results.md).
 
-    `observers` are callables subscribed to the event stream (checker, trace).
+    `observers` are callables subscribed to the event stream (checker, trace); any
+    observer turns the convoy fast-forward off (it would skip their events).
+    `ff_stats`, if given, receives what the fast-forward skipped (not part of the
+    result: the result is the exact path's whatever the path taken).
     """
     wall0 = time.perf_counter()
     prof = profile or load_profile(cfg.platform)
@@ -52,6 +56,8 @@ def run_pagetable_test(cfg: TestConfig, profile: Profile | None = None,
     hostmem = HostMemory(costs, machine)
     vcpus = [Vcpu(i, machine, kvm, engine, lock, costs, hostmem, cfg.runahead)
              for i in range(cfg.vcpus)]
+    convoy = (Convoy(engine, machine, kvm, slot, lock, vcpus, hostmem, metrics)
+              if Convoy.eligible(cfg, machine) else None)
     anon4k = large == geo.granule_size and not b.thp
     host_actions = []
     stages = []
@@ -69,13 +75,19 @@ def run_pagetable_test(cfg: TestConfig, profile: Profile | None = None,
         if machine.bus.on:
             machine.bus.emit(StageMark(t0, -1, stage, True))
         for v in vcpus:
+            v.seg = -1  # not started in this stage yet
             segs = stage_segments(stage, v.cpu, base, cfg.size, large, geo.granule_size, anon4k)
             v.agent = engine.spawn(Agent(f"vcpu{v.cpu}", v.cpu, v.run(segs)))
+        if convoy is not None:
+            convoy.begin()
         try:
             t1 = engine.run()
         except Livelock as e:
             aborted = f"{stage}: {e}"
             t1 = engine.now
+        finally:
+            if convoy is not None:
+                convoy.end()
         if machine.bus.on:
             machine.bus.emit(StageMark(t1, -1, stage, False))
         m.seconds = (t1 - t0) / 1e9
@@ -89,6 +101,12 @@ def run_pagetable_test(cfg: TestConfig, profile: Profile | None = None,
             break
     for v in vcpus:
         v.mc.free_all()
+    if ff_stats is not None:
+        ff_stats.clear()
+        ff_stats["enabled"] = convoy is not None
+        if convoy is not None:
+            ff_stats.update(convoy.stats)
+            ff_stats["no_jump"] = dict(convoy.why)
     return {
         "version": __version__,
         "config": cfg.to_dict() | {"variant_resolved": {"name": var.name, "coalesce": var.coalesce,

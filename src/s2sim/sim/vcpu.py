@@ -72,6 +72,18 @@ class Vcpu:
         self.accesses = self.walks = self.faults = self.conflicts = 0
         self.outcomes: dict[str, int] = {}
         self.agent = None
+        # Where the agent is, kept on the object (not only in generator locals) so
+        # that the convoy fast-forward (sim/convoy.py) can read and shift it.
+        self.segments: list[Segment] = []
+        self.seg = 0                 # index of the current segment
+        self.k = 0                   # index of the current access in it
+        self.skip = 0                # accesses to skip at the next loop top (fast-forward)
+        self.last_fault_ipa, self.repeats = -1, 0
+        self.cur_fault: Fault | None = None   # the fault being handled, if any
+        self.kvm_gen = None                   # KVM's generator for it
+        self.step = None                      # the step it yielded last
+        self.fault_t0 = self.fault_waited0 = 0
+        self.ff = None               # the convoy controller, when fast-forward is on
 
     def run(self, segments: list[Segment]) -> Generator:
         """The agent body: every segment's accesses, in order."""
@@ -82,10 +94,21 @@ class Vcpu:
         bus = machine.bus
         acc_ev = bus.on and bus.want.get("guest_accesses", False)
         runahead = self.runahead
-        last_fault_ipa, repeats = -1, 0
-        for start, stride, count, access in segments:
+        ff = self.ff
+        self.segments = segments
+        self.last_fault_ipa, self.repeats = -1, 0
+        for si, (start, stride, count, access) in enumerate(segments):
+            self.seg = si
+            wave_base = si << 40
             k = 0
             while k < count:
+                if ff is not None:
+                    if self.skip:
+                        k += self.skip
+                        self.skip = 0
+                    if wave_base | k > ff.wave:
+                        k += ff.reach(self, si, k)
+                self.k = k
                 ipa = start + k * stride
                 r = translate(cpu, vttbr, ipa, access)
                 t = type(r)
@@ -108,6 +131,7 @@ class Vcpu:
                                                ACCESS_NAMES[access], pa, True, r[1], r[0]))
                     self.accesses += n
                     k += n
+                    self.k = k
                     yield n * acc_ns
                 elif t is Translation:
                     self.walks += 1
@@ -117,16 +141,17 @@ class Vcpu:
                                                ACCESS_NAMES[access], r.pa, False, r.desc,
                                                r.level))
                     k += 1
+                    self.k = k
                     yield machine.last_walk_levels * walk_ns + acc_ns
                 elif t is Fault:
-                    if ipa == last_fault_ipa:
-                        repeats += 1
-                        if repeats > LIVELOCK_FAULTS:
-                            raise Livelock(f"vCPU {cpu} faulted {repeats} times in a row on IPA "
-                                           f"{ipa:#x} ({r.kind}, level {r.level}) without "
+                    if ipa == self.last_fault_ipa:
+                        self.repeats += 1
+                        if self.repeats > LIVELOCK_FAULTS:
+                            raise Livelock(f"vCPU {cpu} faulted {self.repeats} times in a row on "
+                                           f"IPA {ipa:#x} ({r.kind}, level {r.level}) without "
                                            "progress")
                     else:
-                        last_fault_ipa, repeats = ipa, 1
+                        self.last_fault_ipa, self.repeats = ipa, 1
                     yield from self._fault(r)
                 elif t is Conflict:
                     # The architecture allows an abort or either entry. s2sim takes the
@@ -140,21 +165,74 @@ class Vcpu:
                     raise TypeError(f"translate returned {r!r}")
 
     def _fault(self, fault: Fault) -> Generator:
-        """Exit, run KVM's handler on this vCPU, enter. Invisible steps are batched."""
+        """Exit, run KVM's handler on this vCPU, enter. Invisible steps are batched.
+
+        The fault's start time and the lock wait before it are kept on the object
+        (the fast-forward shifts them with the rest of the clock).
+        """
         engine, costs, bus = self.engine, self.costs, self.machine.bus
-        t0 = engine.now
+        self.fault_t0 = engine.now
         self.faults += 1
         if bus.on:
-            bus.emit(FaultTaken(t0, self.cpu, fault.ipa, fault.kind, fault.level,
+            bus.emit(FaultTaken(engine.now, self.cpu, fault.ipa, fault.kind, fault.level,
                                 ACCESS_NAMES[fault.access]))
-        waited0 = self.agent.lock_waited
-        outcome = yield from drive(self.kvm.handle_fault(fault, self.mc, self.cpu), costs,
-                                   self.lock, self.host, self.cpu, costs.exit)
+        self.fault_waited0 = self.agent.lock_waited
+        self.cur_fault = fault
+        self.kvm_gen = self.kvm.handle_fault(fault, self.mc, self.cpu)
+        outcome = yield from self._drive(costs.exit)
+        self.kvm_gen = self.step = None
         yield costs.entry
+        fault, self.cur_fault = self.cur_fault, None
         self.outcomes[outcome] = self.outcomes.get(outcome, 0) + 1
         if bus.on:
-            bus.emit(FaultHandled(engine.now, self.cpu, fault.ipa, outcome, engine.now - t0,
-                                  self.agent.lock_waited - waited0))
+            bus.emit(FaultHandled(engine.now, self.cpu, fault.ipa, outcome,
+                                  engine.now - self.fault_t0,
+                                  self.agent.lock_waited - self.fault_waited0))
+
+    def _drive(self, pending: int) -> Generator:
+        """`drive` for this vCPU's fault handler, with the handler's generator and its
+        current step kept on the object (`kvm_gen`, `step`) and re-read after every
+        suspension, so that the fast-forward can relabel a fault in flight. Same
+        charging as `drive`."""
+        costs, lock, host, cpu = self.costs, self.lock, self.host, self.cpu
+        step_ns = costs.step_ns
+        while True:
+            try:
+                s = self.kvm_gen.send(None)
+            except StopIteration as e:
+                if pending:
+                    yield pending
+                return e.value
+            self.step = s
+            k = s.kind
+            if k in INVISIBLE:
+                pending += step_ns(s)
+                continue
+            if k == vm.LOCK:
+                if pending:
+                    yield pending
+                    pending = 0
+                yield Acquire(lock)
+                if self.ff is not None:
+                    self.ff.granted(self)
+            elif k == vm.UNLOCK:
+                if pending:
+                    yield pending
+                    pending = 0
+                yield Release(lock)
+            elif k == vm.HOST_TOUCH:
+                if pending:
+                    yield pending
+                    pending = 0
+                s = self.step
+                ns = host.touch(s.pa, s.size, host.machine.now, cpu)
+                if ns:
+                    yield ns
+            else:
+                ns = pending + step_ns(s)
+                pending = 0
+                if ns:
+                    yield ns
 
 
 def drive(gen: Generator, costs: CostModel, lock: Lock, host: HostMemory | None, cpu: int,

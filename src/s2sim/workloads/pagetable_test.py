@@ -65,6 +65,9 @@ class TestConfig:
     tie: str = "fifo"
     runahead: bool = True
     hva_offset: int = 0
+    # Convoy fast-forward (sim/convoy.py): exact, on by default; False runs every
+    # fault through the exact path (the reference).
+    fastforward: bool = True
 
     @staticmethod
     def make(mode="4", size="1G", vcpus=1, backing="anonymous", offset=None, **kw

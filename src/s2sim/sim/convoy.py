@@ -1,0 +1,969 @@
+"""Convoy fast-forward: skip many identical periods of the whole system, exactly.
+
+The seed's runs are convoys: N vCPUs fault on page p one after another under
+mmu_lock (one maps, the others find it mapped), then on p+1, ... or read a
+mapped region in lock step. The simulation is deterministic, so once the whole
+state at one boundary is the state at an earlier boundary *shifted* (by r
+pages in IPA and PA, by P ns in time), every following period repeats the
+recorded one, shifted again, until something it reads differs: the end of a
+segment, of a table page or block (the region), a page whose contents differ.
+
+At each boundary the controller takes a fingerprint of the state relative to
+the reference page x and the time t (`_fingerprint`): every agent's program
+point (the chain of suspended generator frames), its position, its fault in
+flight, its heap entry (time and order), the lock (owner, waiters), pending
+TLBIs, and the data any of them can read next around x (table entries, TLB
+and walk-cache entries, host pages, dirty bits), normalised (addresses minus
+x, descriptors minus the PA they map). Between boundaries every state change
+is recorded (table writes, reference counts, TLB fills / hits / invalidations,
+host first touches, dirty marks). When a fingerprint repeats, the period
+between the two boundaries is known to repeat, and m periods are applied at
+once:
+
+- every pending time (heap, lock hand-off, fault start) moves by m*P;
+- every agent's position moves by m*r pages (`Vcpu.skip`); a fault in flight
+  is relabelled: its handler generator is rebuilt for the shifted fault and
+  brought to the same suspension point (only points before mmu_lock, where
+  the handler has done nothing but pure look-ups, are accepted);
+- the recorded effects are replayed m times, shifted (table writes as numpy
+  stores into the table page, TLB operations in order, or only the last
+  period's where that provably gives the same state);
+- every counter (metrics, lock, engine, vCPUs, TLBs, host) grows by m times
+  its delta over the period.
+
+Pages that enter the window during the skipped periods must look, normalised,
+like the farthest page the fingerprint covered (`_ahead_ok`), and the window
+must stay inside one region (one table page or one block) and one segment.
+Anything else (another VMID, a table allocation or free, an open invalid
+window, a random tie-break, a subscriber other than the metrics) disables the
+jump and the exact path runs on. The result is the exact path's, number for
+number; tests/test_fastpath.py checks it on many configurations.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from itertools import islice, repeat
+from types import GeneratorType
+
+import numpy as np
+
+from s2sim.arch import descriptors as d
+from s2sim.arch.tlb import VMALLE1IS, VMALLS12E1IS
+from s2sim.arch.walk import Fault
+from s2sim.kvm import vm
+from s2sim.sim.metrics import KINDS
+
+OA = ((1 << 48) - 1)
+MARGIN = 1               # pages of data beyond the agents' positions in a fingerprint
+HISTORY = 4096           # boundaries remembered when looking for a period
+IPA_OPS = ("IPAS2E1IS", "IPAS2LE1IS", "RIPAS2E1IS", "RIPAS2LE1IS")
+
+
+class _NoJump(Exception):
+    """This boundary cannot be fast-forwarded (the exact path goes on)."""
+
+
+def _chain(gen) -> tuple:
+    """The program point of a suspended generator stack: (code, instruction) per frame."""
+    out = []
+    g = gen
+    while g is not None:
+        if type(g) is not GeneratorType:
+            out.append(type(g))
+            break
+        fr = g.gi_frame
+        if fr is None:
+            out.append(None)
+            break
+        out.append((g.gi_code, fr.f_lasti))
+        g = g.gi_yieldfrom
+    return tuple(out)
+
+
+class _Boundary:
+    __slots__ = ("counters", "fp", "k", "log_at", "si", "stride", "t", "x")
+
+    def __init__(self, t, k, si, x, fp, counters, log_at, stride):
+        self.t, self.k, self.si, self.x, self.fp = t, k, si, x, fp
+        self.counters, self.log_at, self.stride = counters, log_at, stride
+
+
+class _RecordingSet(set):
+    """slot.dirty while recording: logs every add."""
+
+    __slots__ = ("conv",)
+
+    def add(self, item):
+        if item not in self:
+            self.conv.log.append(("d", item))
+        set.add(self, item)
+
+
+class Convoy:
+    """The fast-forward controller of one pagetable-test run."""
+
+    def __init__(self, engine, machine, kvm, slot, lock, vcpus, host, metrics) -> None:
+        self.engine, self.machine, self.kvm, self.slot = engine, machine, kvm, slot
+        self.lock, self.vcpus, self.host, self.metrics = lock, vcpus, host, metrics
+        self.geo = machine.geo
+        self.vmid = kvm.pgt.vttbr.vmid
+        self.root = kvm.pgt.vttbr.baddr
+        self.wave = 1 << 62          # vCPUs call `reach` when they pass it
+        self.on = False
+        self.stats = Counter()
+        self.why = Counter()      # why boundaries were not jumped from (diagnostics)
+        self._saved: list = []
+        self._reset()
+        for v in vcpus:
+            v.ff = self
+
+    @staticmethod
+    def eligible(cfg, machine) -> bool:
+        """Fast-forward only with FIFO ties and no subscriber but the metrics."""
+        if not cfg.fastforward or cfg.tie != "fifo":
+            return False
+        bus = machine.bus
+        if len(bus._subs) != 1:
+            return False
+        return not any(on for kind, on in bus.want.items() if kind not in KINDS)
+
+    # --- stage control -------------------------------------------------------------
+    def begin(self) -> None:
+        self.wave = -1
+        self.on = True
+        self._max_grant = (-1, -1)
+        self._reset()
+        self._install()
+
+    def end(self) -> None:
+        self._uninstall()
+        self.on = False
+        self.wave = 1 << 62
+        self._reset()
+
+    def _reset(self) -> None:
+        self.bounds: list[_Boundary] = []
+        self.index: dict = {}
+        self.log: list = []
+
+    # --- recording: wrap the state-changing methods while a stage runs ----------------
+    def _install(self) -> None:
+        m = self.machine
+        saved = self._saved
+        conv = self
+
+        def write(page, index, new, ipa=-1, cpu=0, hw=False, _w=m.write):
+            conv.log.append(("w", page.pa, index, page.entries[index], new, ipa))
+            return _w(page, index, new, ipa, cpu, hw)
+
+        def refcount(page, delta, cpu=0, _r=m.refcount):
+            conv.log.append(("r", page.pa, delta))
+            return _r(page, delta, cpu)
+
+        saved.append((m, "write", m.__dict__.get("write")))
+        saved.append((m, "refcount", m.__dict__.get("refcount")))
+        m.write, m.refcount = write, refcount
+        for cpu, tlb in enumerate(m.tlbs):
+            self._wrap_tlb(cpu, tlb)
+        h = self.host
+
+        def touch(pa, size, now, cpu, _t=h.touch):
+            first = pa not in h.ready
+            ns = _t(pa, size, now, cpu)
+            if first:
+                conv.log.append(("t", pa, size, h.ready[pa]))
+            return ns
+
+        saved.append((h, "touch", h.__dict__.get("touch")))
+        h.touch = touch
+        rs = _RecordingSet(self.slot.dirty)
+        rs.conv = self
+        saved.append((self.slot, "dirty", self.slot.dirty))
+        self.slot.dirty = rs
+
+    def _wrap_tlb(self, cpu: int, tlb) -> None:
+        conv = self
+        saved = self._saved
+
+        shifts = tlb.shifts
+
+        def fill(vmid, ipa, level, desc, _f=tlb.fill):
+            ev = tlb.evictions
+            new = (((ipa >> shifts[level]) << 16) | vmid) not in tlb.leaf[level]
+            _f(vmid, ipa, level, desc)
+            conv.log.append(("f", cpu, vmid, ipa, level, desc, tlb.evictions - ev, new))
+
+        def fill_walk(vmid, ipa, level, table_pa, gen, _f=tlb.fill_walk):
+            key = ((ipa >> shifts[level]) << 16) | vmid
+            full = (tlb.walk_capacity is not None and key not in tlb.walkc[level]
+                    and len(tlb._worder) >= tlb.walk_capacity)
+            _f(vmid, ipa, level, table_pa, gen)
+            conv.log.append(("fw", cpu, vmid, ipa, level, table_pa, gen, full))
+
+        def invalidate(op, vmid, ipa=0, size=0, ttl=-1, _i=tlb.invalidate):
+            conv.log.append(("i", cpu, op, vmid, ipa, size, ttl))
+            return _i(op, vmid, ipa, size, ttl)
+
+        def lookup(vmid, ipa, _l=tlb.lookup):
+            r = _l(vmid, ipa)
+            if r is not None:
+                if type(r) is tuple:
+                    if tlb._lru:
+                        conv.log.append(("h", cpu, vmid, ipa, r[0]))
+                else:
+                    conv.log.append(("x",))  # a conflict: not replayable
+            return r
+
+        for name, fn in (("fill", fill), ("fill_walk", fill_walk), ("invalidate", invalidate),
+                         ("lookup", lookup)):
+            saved.append((tlb, name, tlb.__dict__.get(name)))
+            setattr(tlb, name, fn)
+
+    def _uninstall(self) -> None:
+        for obj, name, old in reversed(self._saved):
+            if name == "dirty":
+                obj.dirty = set(obj.dirty)
+            elif old is None:
+                obj.__dict__.pop(name, None)
+            else:
+                setattr(obj, name, old)
+        self._saved = []
+
+    def _raw(self, obj, name):
+        """The unwrapped method (for replays, which must not be recorded)."""
+        return getattr(type(obj), name).__get__(obj)
+
+    # --- boundaries ------------------------------------------------------------------
+    def reach(self, v, si: int, k: int) -> int:
+        """A vCPU passed the wave front (a new access position of the stage)."""
+        self.wave = (si << 40) | k
+        if not self.on:
+            return 0
+        if self.lock.owner is not None or self.lock.waiters:
+            return 0  # a fault convoy: its boundaries are the lock grants
+        for u in self.vcpus:
+            if u.cur_fault is not None:
+                return 0
+        seg = v.segments[si]
+        self._boundary(v, si, k, seg[0] + k * seg[1])
+        skip, v.skip = v.skip, 0  # the caller moves on at once
+        return skip
+
+    def granted(self, v) -> None:
+        """`v` just got mmu_lock for its fault: a boundary when the fault's page is new."""
+        if not self.on:
+            return
+        f = v.cur_fault
+        key = (v.seg, f.ipa)
+        if key <= self._max_grant:
+            return
+        self._max_grant = key
+        seg = v.segments[v.seg]
+        stride = seg[1]
+        if stride <= 0 or (f.ipa - seg[0]) % stride:
+            return
+        self._boundary(v, v.seg, (f.ipa - seg[0]) // stride, f.ipa)
+
+    def _boundary(self, v, si: int, k: int, x: int) -> int:
+        try:
+            return self._try(v, si, k, x)
+        except _NoJump as e:
+            self.why[str(e)] += 1
+            self._reset()
+            return 0
+
+    def _try(self, v, si: int, k: int, x: int) -> int:
+        stride = v.segments[si][1]
+        if stride <= 0:
+            raise _NoJump("line 273")
+        t = self.engine.now
+        fp, win = self._fingerprint(si, k, x, t, stride)
+        counters = self._counters()
+        b = _Boundary(t, k, si, x, fp, counters, len(self.log), stride)
+        prev = self.index.get(fp)
+        self.bounds.append(b)
+        self.index[fp] = len(self.bounds) - 1
+        if prev is None:
+            self._trim()
+            return 0
+        b0 = self.bounds[prev]
+        if b0.si != si or b0.stride != stride:
+            return 0
+        return self._jump(v, b0, b, win)
+
+    def _trim(self) -> None:
+        if len(self.bounds) > HISTORY:
+            self._reset()
+
+    # --- the fingerprint ---------------------------------------------------------------
+    def _fingerprint(self, si: int, k: int, x: int, t: int, stride: int):
+        geo = self.geo
+        eng, lock = self.engine, self.lock
+        agents = []
+        lo = hi = 0
+        geom = None
+        for v in self.vcpus:
+            gen = v.agent.gen
+            if gen.gi_frame is None or v.seg != si:
+                raise _NoJump("agent finished, not started or in another segment")
+            g = v.segments[si][:3]
+            if geom is None:
+                geom = g
+            elif g != geom:
+                raise _NoJump("line 308")
+            pos = v.k + v.skip - k
+            lo, hi = min(lo, pos), max(hi, pos)
+            f = v.cur_fault
+            if f is None:
+                fr = None
+            else:
+                rel = f.ipa - x
+                if rel % stride:
+                    raise _NoJump("line 317")
+                lo, hi = min(lo, rel // stride), max(hi, rel // stride)
+                fr = (f.kind, f.level, f.access, rel, v.fault_t0 - t,
+                      v.agent.lock_waited - v.fault_waited0,
+                      _chain(v.kvm_gen) if v.kvm_gen is not None else None)
+            agents.append((_chain(gen), pos, fr, v.segments[si][3], len(v.mc.pages)))
+        lo -= MARGIN
+        hi += MARGIN
+        lo_ipa = x + lo * stride
+        last = []
+        for v in self.vcpus:
+            lf = v.last_fault_ipa
+            if lf < lo_ipa:
+                last.append(None)  # behind every position: never faulted on again
+            else:
+                last.append((lf - x, v.repeats))
+        heap = tuple((e[0] - t, e[3].cpu, e[4]) for e in sorted(eng._heap, key=_heapkey))
+        owner = lock.owner
+        lk = (None if owner is None else (owner.cpu, lock.since - t),
+              tuple((a.cpu, since - t) for a, since in lock.waiters))
+        pend = []
+        for cpu, ops in sorted(self.machine._pending.items()):
+            for op, vmid, ipa, size, ttl in ops:
+                pend.append((cpu, op, vmid, ipa - x if op in IPA_OPS else ipa, size, ttl))
+        if self.metrics._open:
+            raise _NoJump("line 342")
+        win = self._window(x, lo, hi, stride, t)
+        win["seg_end"] = geom[0] + geom[1] * geom[2]
+        fp = (si, stride, tuple(agents), tuple(last), heap, lk, tuple(pend), win["fp"])
+        del geo
+        return fp, win
+
+    def _path(self, ipa: int):
+        """The table pages on the walk to `ipa`: [(level, page)], and the level where it ends."""
+        geo = self.geo
+        tables = self.machine.mem.tables
+        level = geo.start_level
+        idx = geo.index(ipa, level)
+        epp = geo.entries_per_table
+        page = tables[self.root + (idx // epp) * geo.granule_size]
+        path = []
+        while True:
+            path.append((level, page))
+            i = (ipa >> geo.shifts[level]) & (epp - 1)
+            pte = page.entries[i]
+            if level < 3 and pte & 3 == 3:
+                nxt = tables.get(pte & geo.table_mask)
+                if nxt is None:
+                    raise _NoJump("line 365")  # a pointer to a freed table
+                page = nxt
+                level += 1
+                continue
+            return path, level, page, pte
+
+    def _norm(self, desc: int, base: int):
+        """A descriptor relative to the IPA it maps (the slot maps linearly)."""
+        if not desc:
+            return 0
+        pa = self.slot.pa_of(base)
+        if desc & OA & ~0xFFF == pa & OA:
+            return ("l", desc - pa)
+        raise _NoJump("line 378")
+
+    def _window(self, x: int, lo: int, hi: int, stride: int, t: int) -> dict:
+        """Data the agents can read next, pages x+lo*stride .. x+hi*stride, normalised."""
+        geo = self.geo
+        slot = self.slot
+        first, lastp = x + lo * stride, x + hi * stride
+        if first < slot.base or lastp >= slot.base + slot.size:
+            raise _NoJump("line 386")
+        path, level, page, pte = self._path(x)
+        shift = geo.shifts[level]
+        if level < 3 and pte & 1 and geo.block_ok[level]:
+            rsize = 1 << shift                           # a block: its range
+        elif level == geo.start_level:
+            rsize = geo.entries_per_table << shift
+        else:
+            rsize = 1 << geo.shifts[level - 1]           # the table page's range
+        rbase = x & ~(rsize - 1)
+        if first < rbase or lastp >= rbase + rsize:
+            raise _NoJump("line 397")
+        epp = geo.entries_per_table
+        ents = page.entries
+        # table entries of the window (shared entries once)
+        tab = []
+        prev = -1
+        for y in range(first, lastp + 1, stride):
+            i = (y >> shift) & (epp - 1)
+            if i == prev:
+                continue
+            prev = i
+            e = ents[i]
+            if level < 3 and e & 3 == 3:
+                raise _NoJump("line 410")
+            tab.append(((y >> shift) - (x >> shift), self._norm(e, (y >> shift) << shift)))
+        # TLBs: leaf entries and walk-cache entries that translate the window
+        vmid = self.vmid
+        ptrs = {lvl: pg.pa for lvl, pg in path}
+        tl = []
+        for tlb in self.machine.tlbs:
+            ent = []
+            for lvl, sh, dct in tlb._probe:
+                if not dct:
+                    continue
+                seen = -1
+                for y in range(first, lastp + 1, stride):
+                    key = ((y >> sh) << 16) | vmid
+                    if key == seen:
+                        continue
+                    seen = key
+                    desc = dct.get(key)
+                    if desc is not None:
+                        ent.append((lvl, (y >> sh) - (x >> sh),
+                                    self._norm(desc, (y >> sh) << sh)))
+            for lvl, sh, dct in tlb._wprobe:
+                if not dct:
+                    continue
+                seen = -1
+                for y in range(first, lastp + 1, stride):
+                    key = ((y >> sh) << 16) | vmid
+                    if key == seen:
+                        continue
+                    seen = key
+                    e = dct.get(key)
+                    if e is not None:
+                        if lvl >= level or ptrs.get(lvl + 1) != e[0]:
+                            raise _NoJump("stale walk-cache pointer")
+                        ent.append(("w", lvl))
+            # whether a fill evicts: the TLB is full (see _evictions_ok)
+            full = (tlb.capacity is not None and len(tlb._order) >= tlb.capacity,
+                    tlb.walk_capacity is not None and len(tlb._worder) >= tlb.walk_capacity)
+            tl.append((tuple(ent), full))
+        # host pages and dirty bits
+        host = self.host
+        hs = []
+        seen_pa = -1
+        dirty = self.slot.dirty
+        for y in range(first, lastp + 1, stride):
+            hpa = slot.host_page(y)[0]
+            dy = (y & ~(geo.granule_size - 1)) in dirty
+            if hpa == seen_pa:
+                hs.append(dy)
+                continue
+            seen_pa = hpa
+            r = host.ready.get(hpa)
+            hs.append((None if r is None else (r - t if r > t else -1), dy))
+        fp = (level, rsize, tuple(tab), tuple(tl), tuple(hs))
+        return {"fp": fp, "level": level, "page": page, "rbase": rbase, "rsize": rsize,
+                "first": first, "last": lastp, "path": path, "stride": stride}
+
+    # --- counters ----------------------------------------------------------------------
+    def _counters(self) -> dict:
+        m = self.metrics.cur
+        lock = self.lock
+        c = {
+            "lock": (lock.acquisitions, lock.contended, lock.wait_ns, lock.hold_ns),
+            "res": self.engine.resumptions,
+            "mc": tuple(self.machine.counts.values()),
+            "mem": (self.machine.mem.allocated, self.machine.mem.freed),
+            "host": self.host.bytes_zeroed,
+            "tlb": tuple((t.hits, t.misses, t.conflicts, t.evictions) for t in self.machine.tlbs),
+            "tsz": tuple((len(t._order), len(t._worder)) for t in self.machine.tlbs),
+            "v": tuple((v.accesses, v.walks, v.faults, v.conflicts, v.agent.lock_waited,
+                        tuple(sorted(v.outcomes.items()))) for v in self.vcpus),
+            "m": tuple(getattr(m, f) for f in _METRIC_INTS),
+            "mc2": tuple(tuple(sorted(getattr(m, f).items())) for f in _METRIC_COUNTERS),
+        }
+        return c
+
+    # --- the jump ------------------------------------------------------------------------
+    def _jump(self, leader, b0: _Boundary, b: _Boundary, win: dict) -> int:
+        dk = b.k - b0.k
+        period = b.t - b0.t
+        if dk <= 0 or period <= 0:
+            raise _NoJump("line 488")
+        stride = b.stride
+        dp = dk * stride                         # IPA (and PA) advance per period
+        c0, c1 = b0.counters, b.counters
+        if c0["mem"] != c1["mem"]:
+            raise _NoJump("line 493")                        # table pages allocated or freed
+        log = self.log[b0.log_at:b.log_at]
+        # how many periods fit: the window must stay in the region and the segment
+        room = min(win["rbase"] + win["rsize"], win["seg_end"]) - 1 - win["last"]
+        m = room // dp
+        m = self._evictions_ok(c0, c1, win, dp, m)
+        if m < 1:
+            raise _NoJump("no room in the region or segment")
+        m = self._ahead_ok(win, dp, m, b.t)
+        if m < 1:
+            raise _NoJump("the pages ahead differ")
+        plan = self._plan(log, win, dp, m)
+        self._apply(b0, b, win, plan, m, dp, period)
+        self.stats["jumps"] += 1
+        self.stats["periods"] += m
+        self.stats["ns"] += m * period
+        self.stats["faults"] += m * (sum(n for _, n in c1["mc2"][0])
+                                     - sum(n for _, n in c0["mc2"][0]))
+        self.stats["accesses"] += m * (c1["m"][8] - c0["m"][8])
+        self._reset()
+        return 0
+
+    def _evictions_ok(self, c0: dict, c1: dict, win: dict, dp: int, m: int) -> int:
+        """Limit m so that TLB capacity evictions in the skipped periods are harmless.
+
+        A TLB that is not full must not become full (m is reduced); a full one evicts
+        its oldest entries, which must not translate anything the convoy reads.
+        """
+        self._oldest = {}
+        for tlb, (s0, w0), (s1, w1), (e0, e1) in zip(self.machine.tlbs, c0["tsz"], c1["tsz"],
+                                                      zip(c0["tlb"], c1["tlb"])):
+            if tlb.walk_capacity is not None and w1 > w0 \
+                    and w1 + m * (w1 - w0) > tlb.walk_capacity:
+                m = min(m, (tlb.walk_capacity - w1) // (w1 - w0))
+            if tlb.capacity is None:
+                continue
+            ev = e1[3] - e0[3]
+            if ev == 0:
+                if s1 > s0:
+                    m = min(m, (tlb.capacity - s1) // (s1 - s0))
+                continue
+            # full: the m*ev oldest entries go; none may be in the window's reach
+            lo = win["first"]
+            hi = win["last"] + dp * m
+            sh = tlb.shifts
+            old = list(islice(tlb._order, m * ev))
+            self._oldest[id(tlb)] = old  # what the replay will evict (reused there)
+            for lvl in {lk[0] for lk in old}:
+                keys = [k >> 16 for lv, k in old if lv == lvl]
+                k_lo, k_hi = lo >> sh[lvl], hi >> sh[lvl]
+                if min(keys) > k_hi or max(keys) < k_lo:
+                    continue
+                if any(k_lo <= k <= k_hi for k in keys):
+                    raise _NoJump("TLB eviction would reach the window")
+        return m
+
+    def _plan(self, log: list, win: dict, dp: int, m: int) -> dict:
+        """Check that every recorded effect can be replayed shifted; group them."""
+        geo = self.geo
+        page = win["page"]
+        level = win["level"]
+        writes: dict[int, tuple] = {}
+        ref = 0
+        tlbops: dict[int, list] = {}
+        touches, dirty = [], []
+        for e in log:
+            kind = e[0]
+            if kind == "w":
+                _, pa, index, _old, new, ipa = e
+                if pa != page.pa or ipa < 0:
+                    raise _NoJump("line 526")
+                writes[index] = (ipa, new)
+            elif kind == "r":
+                if e[1] != page.pa:
+                    raise _NoJump("line 530")
+                ref += e[2]
+            elif kind in ("f", "fw", "i", "h"):
+                tlbops.setdefault(e[1], []).append(e)
+            elif kind == "t":
+                touches.append(e)
+            elif kind == "d":
+                dirty.append(e[1])
+            else:
+                raise _NoJump("line 539")
+        shift = geo.shifts[level]
+        if dp % (1 << shift) and writes:
+            raise _NoJump("line 542")  # the written entries would not move by whole entries
+        wr = []
+        for index, (ipa, new) in writes.items():
+            base = (ipa >> shift) << shift
+            wr.append((ipa, self._norm(new, base)))
+        # TLB operations: per TLB, replay the last period only when that gives the same
+        # state as replaying all of them; else all m periods.
+        last_ipa = dp * m
+        modes = {}
+        for cpu, ops in tlbops.items():
+            leaf_wipe = False
+            leaf_fixed = walk_fixed = True
+            ev = False
+            for e in ops:
+                kind = e[0]
+                if kind == "f":
+                    _, _, vmid, ipa, lvl, desc, evicted, _ = e
+                    if vmid != self.vmid:
+                        raise _NoJump("line 561")
+                    ev = ev or bool(evicted)
+                    if (ipa >> geo.shifts[lvl]) != ((ipa + last_ipa) >> geo.shifts[lvl]):
+                        leaf_fixed = False
+                    self._norm(desc, (ipa >> geo.shifts[lvl]) << geo.shifts[lvl])
+                elif kind == "fw":
+                    _, _, vmid, ipa, lvl, _tpa, _gen, evicted = e
+                    if vmid != self.vmid or evicted:
+                        raise _NoJump("line 569")
+                    if (ipa >> geo.shifts[lvl]) != ((ipa + last_ipa) >> geo.shifts[lvl]):
+                        raise _NoJump("line 571")  # it would point at another table
+                elif kind == "h":
+                    _, _, vmid, ipa, lvl = e
+                    if (ipa >> geo.shifts[lvl]) != ((ipa + last_ipa) >> geo.shifts[lvl]):
+                        leaf_fixed = False
+                else:
+                    _, _, op, vmid, ipa, size, _ttl = e
+                    if vmid != self.vmid:
+                        raise _NoJump("line 579")
+                    if op == VMALLS12E1IS:
+                        # everything of the VMID goes: the state after it is the last
+                        # period's doing, whatever came before
+                        leaf_wipe = True
+                        walk_fixed = True
+                    elif op == VMALLE1IS:
+                        leaf_wipe = True
+                    else:
+                        for lvl in geo.leaf_levels():
+                            sh = geo.shifts[lvl]
+                            if (ipa >> sh) != ((ipa + size + last_ipa) >> sh):
+                                leaf_fixed = False
+                        if op in ("IPAS2E1IS", "RIPAS2E1IS"):
+                            for lvl in range(geo.start_level, 3):
+                                sh = geo.shifts[lvl]
+                                if (ipa >> sh) != ((ipa + size + last_ipa) >> sh):
+                                    walk_fixed = False
+            leaf_ok = leaf_wipe or (leaf_fixed and not ev)
+            modes[cpu] = "last" if (leaf_ok and walk_fixed) else "all"
+            if not walk_fixed:
+                raise _NoJump("line 600")  # walk-cache keys would move between tables
+        host_size = self.slot.backing.page_size
+        for e in touches:
+            if dp % host_size:
+                raise _NoJump("line 604")
+        return {"writes": wr, "ref": ref, "tlb": tlbops, "modes": modes, "touches": touches,
+                "dirty": dirty}
+
+    def _ahead_ok(self, win: dict, dp: int, m: int, t: int) -> int:
+        """Pages that enter the window during the jump must look like its farthest page.
+
+        Returns how many periods can be skipped (<= m): the jump stops before the
+        first page that differs (a table entry, a TLB entry, a host page, a dirty bit).
+        """
+        geo = self.geo
+        slot = self.slot
+        level, page = win["level"], win["page"]
+        shift = geo.shifts[level]
+        far = win["last"]
+        a1 = far + dp * m                       # IPAs far+1 .. a1 enter the window
+        bad = a1 + 1                            # first IPA that differs
+        epp = geo.entries_per_table
+        # table entries
+        i_far = (far >> shift) & (epp - 1)
+        i1 = (a1 >> shift) & (epp - 1)
+        if ((a1 >> shift) - (far >> shift)) != i1 - i_far:
+            raise _NoJump("the window would leave the table page")
+        if i1 > i_far:
+            v = page.view()[i_far + 1:i1 + 1]
+            want = self._norm(page.entries[i_far], (far >> shift) << shift)
+            if want == 0:
+                diff = v != 0
+            else:
+                bases = np.arange(1, len(v) + 1, dtype=np.uint64) * np.uint64(1 << shift) \
+                    + np.uint64(self.slot.pa_of((far >> shift) << shift))
+                diff = (v - bases) != np.uint64(want[1] & d.U64)
+            nz = np.flatnonzero(diff)
+            if len(nz):
+                bad = min(bad, (((far >> shift) + 1 + int(nz[0])) << shift))
+        # TLB entries: none for the new pages unless shared with the farthest one
+        vmid = self.vmid
+        for tlb in self.machine.tlbs:
+            for lvl, sh, dct in tlb._probe + tlb._wprobe:
+                if not dct:
+                    continue
+                kfar = far >> sh
+                lo_k, k1 = kfar + 1, min(a1, bad - 1) >> sh
+                if lo_k > k1:
+                    continue
+                if k1 - lo_k < len(dct):
+                    want = range((lo_k << 16) | vmid, (k1 << 16) + (1 << 16), 1 << 16)
+                    if not dct.keys().isdisjoint(want):
+                        bad = min(bad, (min(dct.keys() & set(want)) >> 16) << sh)
+                else:
+                    for key in dct:
+                        j = key >> 16
+                        if (key & 0xFFFF) == vmid and lo_k <= j <= k1:
+                            bad = min(bad, j << sh)
+        # host pages and dirty bits
+        host = self.host
+        fpa = slot.host_page(far)[0]
+        fr = host.ready.get(fpa)
+        fstate = None if fr is None else (fr > t)
+        if fstate:
+            raise _NoJump("host page being zeroed at the window's edge")
+        top = min(a1, bad - 1)
+        if slot.host_page(top)[0] != fpa:
+            step = max(slot.backing.page_size, geo.granule_size)
+            for y in range(((far // step) + 1) * step, top + 1, step):
+                r = host.ready.get(slot.host_page(y)[0])
+                st = None if r is None else (r > t)
+                if st != fstate:
+                    bad = min(bad, y)
+                    break
+        dirty = slot.dirty
+        if dirty:
+            g = geo.granule_size
+            fd = (far & ~(g - 1)) in dirty
+            st = win["stride"]
+            for y in range(far + st, min(a1, bad - 1) + 1, st):
+                if ((y & ~(g - 1)) in dirty) != fd:
+                    bad = min(bad, y & ~(g - 1))
+                    break
+        return min(m, (bad - 1 - far) // dp)
+
+    def _apply(self, b0: _Boundary, b: _Boundary, win: dict, plan: dict, m: int, dp: int,
+               period: int) -> None:
+        geo = self.geo
+        D = m * period
+        A = m * dp
+        eng, lock, machine = self.engine, self.lock, self.machine
+        # 1. relabel faults in flight (before anything moves: may refuse)
+        relabel = []
+        for v in self.vcpus:
+            f = v.cur_fault
+            if f is None:
+                continue
+            nf = Fault(f.kind, f.level, f.ipa + A, f.access, f.stage)
+            gen = step = None
+            if v.kvm_gen is not None:
+                gen, step = self._rebuild(v, nf)
+            relabel.append((v, nf, gen, step))
+        # 2. time
+        heap = eng._heap
+        heap[:] = [(e[0] + D,) + e[1:] for e in heap]
+        eng.now += D
+        machine.now = eng.now
+        if lock.owner is not None:
+            lock.since += D
+        lock.waiters[:] = [(a, s + D) for a, s in lock.waiters]
+        # 3. agents: positions, faults in flight, counters
+        c0, c1 = b0.counters, b.counters
+        for v, nf, gen, step in relabel:
+            v.cur_fault = nf
+            if gen is not None:
+                v.kvm_gen = gen
+                v.step = step
+            v.fault_t0 += D
+        for i, v in enumerate(self.vcpus):
+            v.skip += m * (b.k - b0.k)
+            if v.last_fault_ipa >= win["first"]:
+                v.last_fault_ipa += A
+            a0, a1 = c0["v"][i], c1["v"][i]
+            v.accesses += m * (a1[0] - a0[0])
+            v.walks += m * (a1[1] - a0[1])
+            v.faults += m * (a1[2] - a0[2])
+            v.conflicts += m * (a1[3] - a0[3])
+            dw = m * (a1[4] - a0[4])
+            v.agent.lock_waited += dw
+            if v.cur_fault is not None:
+                v.fault_waited0 += dw
+            o0 = dict(a0[5])
+            for key, n in a1[5]:
+                if n != o0.get(key, 0):
+                    v.outcomes[key] = v.outcomes.get(key, 0) + m * (n - o0.get(key, 0))
+        l0, l1 = c0["lock"], c1["lock"]
+        lock.acquisitions += m * (l1[0] - l0[0])
+        lock.contended += m * (l1[1] - l0[1])
+        lock.wait_ns += m * (l1[2] - l0[2])
+        lock.hold_ns += m * (l1[3] - l0[3])
+        for key, x0, x1 in zip(list(machine.counts), c0["mc"], c1["mc"]):
+            machine.counts[key] += m * (x1 - x0)
+        for tlb, t0, t1 in zip(machine.tlbs, c0["tlb"], c1["tlb"]):
+            tlb.hits += m * (t1[0] - t0[0])
+            tlb.misses += m * (t1[1] - t0[1])
+            tlb.conflicts += m * (t1[2] - t0[2])
+            tlb.evictions += m * (t1[3] - t0[3])
+        self.host.bytes_zeroed += m * (c1["host"] - c0["host"])
+        met = self.metrics.cur
+        for f, x0, x1 in zip(_METRIC_INTS, c0["m"], c1["m"]):
+            setattr(met, f, getattr(met, f) + m * (x1 - x0))
+        for f, x0, x1 in zip(_METRIC_COUNTERS, c0["mc2"], c1["mc2"]):
+            cnt = getattr(met, f)
+            d0 = dict(x0)
+            for key, n in x1:
+                if n != d0.get(key, 0):
+                    cnt[key] += m * (n - d0.get(key, 0))
+        # 4. pending TLBIs move with their faults
+        for ops in machine._pending.values():
+            ops[:] = [(op, vmid, ipa + A if op in IPA_OPS else ipa, size, ttl)
+                      for op, vmid, ipa, size, ttl in ops]
+        # 5. effects of the skipped periods
+        self._replay_writes(win, plan, m, dp)
+        win["page"].refcount += m * plan["ref"]
+        self._replay_tlbs(plan, m, dp)
+        ready = self.host.ready
+        for _, pa, size, r in plan["touches"]:
+            for i in range(1, m + 1):
+                ready[pa + i * dp] = r + i * period
+        dirty = self.slot.dirty
+        for ipa in plan["dirty"]:
+            for i in range(1, m + 1):
+                set.add(dirty, ipa + i * dp)
+        del geo
+
+    def _rebuild(self, v, nf: Fault):
+        """A fresh handler generator for the shifted fault, at the old one's suspension point.
+
+        Only points before mmu_lock are accepted: up to there the handler has only
+        looked things up (memslot, mapping size, host page) and yielded steps the
+        driver has already charged; the memcache top-up must be a no-op.
+        """
+        if len(v.mc.pages) < self.kvm.min_pages:
+            raise _NoJump("line 777")
+        step = v.step
+        if step is None or step.kind not in (vm.LOCK, vm.HOST_TOUCH):
+            raise _NoJump("line 780")
+        want = _chain(v.kvm_gen)
+        gen = self.kvm.handle_fault(nf, v.mc, v.cpu)
+        for _ in range(8):
+            s = gen.send(None)
+            if s.kind == step.kind and _chain(gen) == want:
+                return gen, s
+            if s.kind == vm.LOCK:
+                break
+        raise _NoJump("line 789")
+
+    def _replay_writes(self, win: dict, plan: dict, m: int, dp: int) -> None:
+        if not plan["writes"]:
+            return
+        geo = self.geo
+        level, page = win["level"], win["page"]
+        shift = geo.shifts[level]
+        epp = geo.entries_per_table
+        view = page.view()
+        slot = self.slot
+        idx_all, val_all = [], []
+        steps = np.arange(1, m + 1, dtype=np.int64) * dp
+        for ipa, nv in plan["writes"]:
+            ipas = ipa + steps
+            idx = (ipas >> shift) & (epp - 1)
+            if nv == 0:
+                vals = np.zeros(m, dtype=np.uint64)
+            else:
+                bases = ((ipas >> shift) << shift) - slot.base + slot.pa
+                vals = bases.astype(np.uint64) + np.uint64(nv[1] & d.U64)
+            idx_all.append(idx)
+            val_all.append(vals)
+        idx = np.concatenate(idx_all)
+        vals = np.concatenate(val_all)
+        if len(np.unique(idx)) != len(idx):
+            # the same entry written in two periods: apply in period order
+            order = np.argsort(np.tile(np.arange(m), len(plan["writes"])), kind="stable")
+            for j in order:
+                view[idx[j]] = vals[j]
+        else:
+            view[idx] = vals
+        self.stats["writes"] += len(idx)
+
+    def _replay_tlbs(self, plan: dict, m: int, dp: int) -> None:
+        geo = self.geo
+        shifts = geo.shifts
+        for cpu, ops in plan["tlb"].items():
+            tlb = self.machine.tlbs[cpu]
+            ev0 = tlb.evictions  # the counters were advanced from the period's deltas
+            if plan["modes"][cpu] == "all" and all(e[0] == "f" and e[7] for e in ops):
+                self._bulk_fills(tlb, ops, m, dp)
+                tlb.evictions = ev0
+                continue
+            fill, fill_walk = self._raw(tlb, "fill"), self._raw(tlb, "fill_walk")
+            inval = self._raw(tlb, "invalidate")
+            periods = [m] if plan["modes"][cpu] == "last" else range(1, m + 1)
+            order = tlb._order
+            lru = tlb._lru
+            for i in periods:
+                s = i * dp
+                for e in ops:
+                    kind = e[0]
+                    if kind == "f":
+                        _, _, vmid, ipa, lvl, desc, _, _ = e
+                        sh = shifts[lvl]
+                        nb = ((ipa + s) >> sh) << sh
+                        fill(vmid, ipa + s, lvl, desc + (nb - ((ipa >> sh) << sh)))
+                    elif kind == "fw":
+                        _, _, vmid, ipa, lvl, tpa, gen, _ = e
+                        fill_walk(vmid, ipa + s, lvl, tpa, gen)
+                    elif kind == "h":
+                        if lru:
+                            _, _, vmid, ipa, lvl = e
+                            key = (lvl, (((ipa + s) >> shifts[lvl]) << 16) | vmid)
+                            if key in order:
+                                del order[key]
+                                order[key] = None
+                    else:
+                        _, _, op, vmid, ipa, size, ttl = e
+                        inval(op, vmid, ipa + s if op in IPA_OPS else ipa, size, ttl)
+            tlb.evictions = ev0
+
+    def _bulk_fills(self, tlb, ops: list, m: int, dp: int) -> None:
+        """m periods of fills of new entries at once: what `TLB.fill` would leave.
+
+        Each fill appends a new key (the recorded fill found it absent, and the
+        shifted ones are beyond every cached entry: `_ahead_ok`); with a capacity,
+        the oldest entries go first, as one fill at a time would evict them.
+        """
+        shifts = tlb.shifts
+        steps = np.arange(1, m + 1, dtype=np.int64) * dp
+        cols = []
+        for _, _, vmid, ipa, lvl, desc, _, _ in ops:
+            sh = shifts[lvl]
+            if dp % (1 << sh):
+                raise RuntimeError("fast-forward: bulk fills of shared entries")  # _plan's job
+            base = (ipa >> sh) << sh
+            cols.append((lvl, ((((base + steps) >> sh) << 16) | vmid).tolist(),
+                         (steps + desc).tolist()))
+        if len(cols) == 1:
+            lvl, keys, descs = cols[0]
+            okeys = list(zip(repeat(lvl, m), keys))
+        else:  # interleave: period by period, in the recorded order
+            okeys = [(c[0], c[1][i]) for i in range(m) for c in cols]
+            descs = [c[2][i] for i in range(m) for c in cols]
+        order = tlb._order
+        leaf = tlb.leaf
+        if tlb.capacity is not None:
+            evict = len(order) + len(okeys) - tlb.capacity
+            if evict > 0:
+                n = min(evict, len(order))
+                old = self._oldest.get(id(tlb))
+                if old is None or len(old) < n:
+                    old = list(islice(order, n))
+                elif len(old) > n:
+                    old = old[:n]
+                deque(map(order.__delitem__, old), maxlen=0)
+                for lvl in {lk[0] for lk in old}:
+                    deque(map(leaf[lvl].__delitem__, [k for lv, k in old if lv == lvl]),
+                          maxlen=0)
+                cut = max(0, evict - len(old))
+                if cut:
+                    okeys, descs = okeys[cut:], descs[cut:]
+            order.update(dict.fromkeys(okeys))
+        if len(cols) == 1:
+            leaf[cols[0][0]].update(zip(keys[len(keys) - len(okeys):], descs))
+        else:
+            for (lvl, k), dsc in zip(okeys, descs):
+                leaf[lvl][k] = dsc
+
+
+def _heapkey(e):
+    return (e[0], e[1], e[2])
+
+
+_METRIC_INTS = ("dsb", "cmo_bytes", "cmo_ops", "writes", "hw_writes", "pages_alloc",
+                "pages_freed", "teardown_entries", "accesses", "walks", "host_bytes_zeroed",
+                "windows", "window_total", "fault_ns_total")
+_METRIC_COUNTERS = ("faults_by_kind", "faults_by_level", "outcomes", "tlbi")

@@ -1,0 +1,152 @@
+"""The convoy fast-forward (sim/convoy.py) against the exact path.
+
+Every configuration runs twice, `fastforward=True` and `fastforward=False` (the
+reference), and must give the same result: every stage key (counts, times,
+windows, lock figures), the simulated time, and the same machine state after
+every stage (every TLB's leaf and walk-cache entries in their replacement
+order, every live table page's entries and reference count, host pages,
+dirty log). The fast path must also have engaged (periods skipped), or the
+comparison would prove nothing.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import pytest
+
+from s2sim.sim import engine as eng
+from s2sim.sim.convoy import Convoy
+from s2sim.sim.run import run_pagetable_test
+from s2sim.workloads.pagetable_test import TestConfig as Cfg  # (not a pytest class)
+
+
+def _state(machine) -> tuple:
+    tlbs = []
+    for t in machine.tlbs:
+        tlbs.append((tuple(sorted((lvl, tuple(d.items())) for lvl, d in t.leaf.items())),
+                     tuple(t._order),
+                     tuple(sorted((lvl, tuple(d.items())) for lvl, d in t.walkc.items())),
+                     tuple(t._worder)))
+    tables = tuple(sorted((pa, p.refcount, p.level, bytes(p.entries))
+                          for pa, p in machine.mem.tables.items()))
+    mem = (machine.mem.allocated, machine.mem.freed, tuple(machine.mem._free))
+    return tuple(tlbs), tables, mem
+
+
+@cache
+def _run(kw: tuple, ff: bool):
+    """(result, ff stats, machine state after each engine run) for one configuration."""
+    states = []
+    orig = eng.Engine.run
+
+    def run(self, until=None):
+        t = orig(self, until)
+        states.append((self.now, _state(self.machine)))
+        return t
+
+    eng.Engine.run = run
+    try:
+        stats: dict = {}
+        r = run_pagetable_test(Cfg.make(fastforward=ff, **dict(kw)), ff_stats=stats)
+    finally:
+        eng.Engine.run = orig
+    return r, stats, states
+
+
+def _same(kw: dict) -> dict:
+    key = tuple(sorted(kw.items()))
+    fast, stats, s_fast = _run(key, True)
+    exact, _, s_exact = _run(key, False)
+    assert stats["enabled"]
+    for a, b in zip(fast["stages"], exact["stages"], strict=True):
+        assert a == b, a["name"]
+    for k in ("simulated_ns", "host_actions", "aborted"):
+        assert fast[k] == exact[k], k
+    assert len(s_fast) == len(s_exact)
+    for i, (a, b) in enumerate(zip(s_fast, s_exact)):
+        assert a[0] == b[0], f"time after run {i}"
+        assert a[1][0] == b[1][0], f"TLBs after run {i}"
+        assert a[1][1] == b[1][1], f"tables after run {i}"
+        assert a[1][2] == b[1][2], f"allocator after run {i}"
+    return stats
+
+
+def _kw(size, vcpus, backing, variant, **extra) -> dict:
+    return {"mode": "4", "size": size, "vcpus": vcpus, "backing": backing,
+            "variant": variant, **extra}
+
+
+H2M, H1G, THP, ANON = "anonymous_hugetlb_2mb", "anonymous_hugetlb_1gb", "anonymous_thp", \
+    "anonymous"
+
+
+@pytest.mark.parametrize("kw", [
+    # hugetlb 2M: UPDATE's read convoys (one maps, the others are spurious), ADJUST's reads
+    _kw("16M", 4, H2M, "patch1"),
+    _kw("16M", 4, H2M, "v5.11"),
+    _kw("8M", 3, H2M, "rfc"),
+    _kw("8M", 7, H2M, "block-first"),
+    _kw("8M", 1, H2M, "patch1"),
+    # THP: CREATE's block convoy (2M strides), UPDATE's split then page convoy
+    _kw("32M", 8, THP, "v5.11"),
+    _kw("16M", 20, THP, "patch1"),
+    # anonymous 4K: CREATE's first-touch convoy, UPDATE's relax convoy (TLBI per fault,
+    # the leader rotating), ADJUST's lock-step walks
+    _kw("4M", 8, ANON, "v5.11"),
+    _kw("2M", 5, ANON, "patch1"),
+    _kw("2M", 1, ANON, "rfc"),
+], ids=lambda kw: f"{kw['backing']}-{kw['size']}-{kw['vcpus']}v-{kw['variant']}")
+def test_fastforward_equals_exact(kw):
+    stats = _same(kw)
+    assert stats["jumps"] > 0 and stats["periods"] > 0
+    assert stats["faults"] > 0 or stats["accesses"] > 0
+
+
+def test_fastforward_1g_hugetlb_one_vcpu():
+    # 1 GiB blocks, one vCPU: UPDATE is 131,072 faults in 256 tables of 2 MiB, each
+    # jumped over; ADJUST reads the coalesced block
+    stats = _same(_kw("1G", 1, H1G, "rfc"))
+    assert stats["faults"] > 120_000
+
+
+def test_fastforward_misaligned_hva():
+    # a slot whose host VA is 4K off: pages instead of blocks everywhere
+    _same(_kw("4M", 3, H2M, "patch1", hva_offset=4096))
+
+
+def test_skips_most_of_a_convoy():
+    fast, stats, _ = _run(tuple(sorted(_kw("16M", 4, H2M, "patch1").items())), True)
+    update = next(s for s in fast["stages"] if s["name"] == "KVM_UPDATE_MAPPINGS")
+    assert stats["faults"] > 0.8 * update["faults"]
+    assert fast["engine_resumptions"] < 0.3 * _run(
+        tuple(sorted(_kw("16M", 4, H2M, "patch1").items())), False)[0]["engine_resumptions"]
+
+
+def test_exact_flag_and_ineligible_runs_do_not_jump():
+    stats: dict = {}
+    run_pagetable_test(Cfg.make(fastforward=False, **_kw("4M", 2, H2M, "patch1")),
+                       ff_stats=stats)
+    assert stats == {"enabled": False}
+    # a random tie-break draws per push: skipping pushes would change the draws
+    run_pagetable_test(Cfg.make(tie="random", seed=3, **_kw("4M", 2, H2M, "patch1")),
+                       ff_stats=stats)
+    assert stats == {"enabled": False}
+    # any observer (the checker, a trace) needs every event: no fast-forward
+    seen = []
+    run_pagetable_test(Cfg.make(**_kw("4M", 2, H2M, "patch1")), observers=(seen.append,),
+                       ff_stats=stats)
+    assert stats == {"enabled": False} and seen
+
+
+def test_eligibility_follows_the_bus():
+    from s2sim.arch.geometry import Geometry
+    from s2sim.arch.machine import Machine
+    from s2sim.sim.metrics import KINDS, Metrics
+
+    m = Machine(Geometry.make("4K", 40), 2)
+    Metrics(m.bus)
+    cfg = Cfg.make(**_kw("4M", 2, H2M, "patch1"))
+    assert Convoy.eligible(cfg, m)
+    m.bus.subscribe(lambda e: None, KINDS)  # a second subscriber, even of the same kinds
+    assert not Convoy.eligible(cfg, m)
