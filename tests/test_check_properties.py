@@ -122,6 +122,7 @@ class Stream:
         return self
 
     def violated(self) -> set[str]:
+        self.c.finish()  # end of stream: deferred judgements (dirty log) settle
         return set(self.c.counts)
 
 
@@ -291,9 +292,6 @@ def test_table_to_block_without_break():
     assert s.violated() == set()
 
 
-@pytest.mark.xfail(strict=True, reason="checker gap: under FEAT_BBM level 2 a table->block "
-                   "change is accepted whatever the block's output address; the relaxation "
-                   "only covers a change of size (same OA and attributes)")
 def test_bbm_level2_still_forbids_an_output_address_change():
     s = std(bbm_level=2, noabort=True)
     s.write(T2, 0, 2, A, block(Q))  # the pages mapped P..., the block maps Q
@@ -506,10 +504,6 @@ def test_dirty_log_batch_checks_every_page_and_restarts_per_session():
     assert s.violated() == {DIRTY}
 
 
-@pytest.mark.xfail(strict=True, reason="checker false positive: KVM (v5.11 user_mem_abort) "
-                   "relaxes the entry, then marks the page dirty, then drops mmu_lock; a write "
-                   "by another vCPU in between is marked before any harvest (which takes "
-                   "mmu_lock), so nothing is lost, yet dirty_log demands the mark first")
 def test_dirty_log_write_inside_the_granting_fault_is_not_lost():
     s = Stream().build()
     s.emit(DirtyLog(s.t, 0, 0, True))

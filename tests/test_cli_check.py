@@ -67,11 +67,6 @@ def test_correct_variants_hold_on_calibration_workloads(capsys, tmp_path, wl, v)
         assert adjust["outcomes"].get("coalesced", 0) > 0
 
 
-@pytest.mark.xfail(strict=True, reason="checker false positive: with 4 vCPUs, a write lands "
-                   "in the window between another vCPU's relax_perms (page now writable) and "
-                   "its mark_page_dirty, both under mmu_lock as in v5.11; the page is marked "
-                   "before any harvest (which takes mmu_lock), so nothing is lost, but "
-                   "dirty_log requires the mark before the write")
 def test_anonymous_4k_with_four_vcpus_holds(capsys, tmp_path):
     _, _, _, res = checked_run(capsys, tmp_path, ["-m", "4", "-b", "8M", "-v", "4", "-s",
                                                   "anonymous"], "patch1")

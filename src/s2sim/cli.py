@@ -9,7 +9,7 @@ import typer
 
 from s2sim.arch import descriptors as desc
 from s2sim.arch.geometry import Geometry, fmt_size
-from s2sim.errors import ConfigError, S2SimError, parse_int
+from s2sim.errors import ConfigError, S2SimError, parse_int, parse_size
 from s2sim.report.render import console, dumps, kv_table, table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -161,14 +161,14 @@ BACKING_HELP = ("anonymous, anonymous_thp, anonymous_hugetlb, anonymous_hugetlb_
 
 
 def _test_config(mode, size, vcpus, backing, offset, variant, coalesce, cmo, platform, seed,
-                 tie, hva_offset=0, runahead=True):
+                 tie, hva_offset=0, runahead=True, exact=False):
     from s2sim.kvm.coalesce import variant as get_variant
     from s2sim.workloads.pagetable_test import TestConfig
 
     get_variant(variant, coalesce, cmo)  # refuse unknown names before any run
     return TestConfig.make(mode, size, vcpus, backing, offset, variant=variant,
                            coalesce=coalesce, cmo=cmo, platform=platform, seed=seed, tie=tie,
-                           hva_offset=hva_offset, runahead=runahead)
+                           hva_offset=hva_offset, runahead=runahead, fastforward=not exact)
 
 
 def _check_json_path(path: Optional[str]) -> None:
@@ -200,12 +200,17 @@ def pagetable_test(
         check: bool = typer.Option(False, "--check", help="run the safety checker; exit 1 on "
                                    "any violation"),
         trace: Optional[str] = typer.Option(None, "--trace", help="record the event stream as "
-                                            "JSON lines to this path")) -> None:
+                                            "JSON lines to this path"),
+        hva_offset: str = typer.Option("0", "--hva-offset", help="misalign the slot's host "
+                                       "virtual address by this many bytes"),
+        exact: bool = typer.Option(False, "--exact", help="one event at a time: no convoy "
+                                   "fast-forward (the reference path; same results, slower)")
+        ) -> None:
     """Simulate kvm_page_table_test: stage times and metrics per stage."""
     from s2sim.report.results import print_pagetable_test, write_json_atomic
 
     cfg = _test_config(mode, size, vcpus, backing, offset, variant, coalesce, cmo, platform,
-                       seed, tie)
+                       seed, tie, parse_size(hva_offset, "--hva-offset"), exact=exact)
     _check_json_path(json_path)
     _check_json_path(trace)
     result = _run_checked(cfg, check, trace)

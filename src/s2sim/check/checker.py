@@ -16,7 +16,7 @@ from s2sim.check.intervals import IntervalSet
 from s2sim.check.mirror import OA, Mirror
 from s2sim.kvm.events import DirtyLog, MarkDirty, MemslotAdded, OpDone, StageConfig
 from s2sim.kvm.steps import Teardown
-from s2sim.sim.events import GuestAccesses, HostTouch
+from s2sim.sim.events import GuestAccesses, HostTouch, StageMark
 
 BBM, CONFLICT, STALE, UAF, REFCOUNT, PA, DIRTY, COHERENCY = (
     "break_before_make", "tlb_conflict", "stale_translation", "use_after_free",
@@ -130,7 +130,21 @@ class BreakBeforeMake(Property):
             _leaf_pa(new, lvl, base, geo)
 
     def _size_change_only(self, old, new, lvl, base) -> bool:
-        return (old & 3) != (new & 3)
+        """FEAT_BBM level 2 allows a change of block size only: the new entry must
+        translate every address the old one did to the same PA, with the same memory
+        type (a table's leaves against a new block, or a block against a new table)."""
+        m = self.m
+        if (old & 3) == (new & 3):
+            return False
+        geo = m.geo
+        keep = d.MEMATTR_MASK | d.SH_MASK
+        if lvl < 3 and old & 2:  # table -> block: every leaf below must match the block
+            for llvl, lbase, leaf in m.leaves_under(old & geo.table_mask, lvl + 1, base):
+                if _leaf_pa(leaf, llvl, lbase, geo) != _leaf_pa(new, lvl, lbase, geo) or \
+                        (leaf & keep) != (new & keep):
+                    return False
+            return True
+        return True  # block -> table: the new table starts empty (its leaves checked as made)
 
 
 class TlbConflictCheck(Property):
@@ -258,19 +272,38 @@ class TranslationPA(Property):
 
 
 class DirtyLogComplete(Property):
-    """Every guest write while logging lands on a page marked dirty."""
+    """Every guest write while logging lands on a page marked dirty.
+
+    Judged when the log could next be read, not at the write: KVM makes a page
+    writable and marks it dirty under mmu_lock, and reading the log takes the
+    lock, so another vCPU's write between the two is not lost. A write to an
+    unmarked page is pending until its page is marked; still pending when
+    logging stops, a stage ends or the stream ends, it is a violation.
+    """
 
     name = DIRTY
+
+    def __init__(self, checker: "Checker") -> None:
+        super().__init__(checker)
+        self.pending: dict[int, GuestAccesses] = {}
 
     def on_access(self, e: GuestAccesses, logging: bool, dirty: set, gran: int) -> None:
         if not logging or e.access != "w":
             return
         for k in range(e.count):
             page = (e.ipa + k * e.stride) & ~(gran - 1)
-            if page not in dirty:
-                self.report(e, page, f"0x{e.desc:x}", "guest write while dirty logging to a "
-                            "page not marked dirty: lost in a migration")
-                return
+            if page not in dirty and page not in self.pending:
+                self.pending[page] = e
+
+    def on_mark(self, page: int) -> None:
+        self.pending.pop(page, None)
+
+    def settle(self) -> None:
+        """The log may be read now: every write still unmarked is lost."""
+        for page, e in sorted(self.pending.items()):
+            self.report(e, page, f"0x{e.desc:x}", "guest write while dirty logging to a "
+                        "page never marked dirty: lost in a migration")
+        self.pending.clear()
 
 
 class Coherency(Property):
@@ -371,19 +404,29 @@ class Checker:
         elif t is MemslotAdded:
             self.slots.append(e)
         elif t is DirtyLog:
+            if not e.on:
+                self.dirty.settle()
             self.logging = e.on
             if e.on:
                 self.dirty_pages = set()
         elif t is MarkDirty:
             self.dirty_pages.add(e.ipa)
+            self.dirty.on_mark(e.ipa)
+        elif t is StageMark and not e.begin:
+            self.dirty.settle()
         elif t is Teardown:
             pass
 
     # --- results -------------------------------------------------------------
+    def finish(self) -> None:
+        """End of the stream: judge what was waiting for a later event."""
+        self.dirty.settle()
+
     def verdicts(self) -> dict:
         return {p: ("violated" if self.counts.get(p) else "held") for p in PROPERTIES}
 
     def to_dict(self) -> dict:
+        self.finish()
         return {"violations": [v.to_dict() for v in self.violations],
                 "counts": dict(sorted(self.counts.items())),
                 "total": sum(self.counts.values()),

@@ -294,6 +294,7 @@ def _replay(scn: Scenario, variant: Variant, prefix: list[int], pick=None):
     """Run one schedule: follow `prefix` (agent indices), then `pick(runnable)` (default:
     the lowest index). Returns (choices, runnable sets, world, first violation index)."""
     world, agents = scn.build(variant)
+    in_setup = len(world.checker.violations)  # the set-up alone violates: empty schedule
     gens = [g for _, g in agents]
     names = [n for n, _ in agents]
     alive = [True] * len(gens)
@@ -340,8 +341,11 @@ def _replay(scn: Scenario, variant: Variant, prefix: list[int], pick=None):
                 first_bad.setdefault(v.property, step)
     # the end state: destroy checks nothing more here; run the quiescent checks
     world.checker.refc.on_done(ev.Dsb(step, -1, 0))
-    for v in world.checker.violations:
-        first_bad.setdefault(v.property, step)
+    world.checker.finish()
+    for k, v in enumerate(world.checker.violations):
+        # set-up violations need no schedule; end-judged ones (dirty log) need the
+        # schedule up to the offending access
+        first_bad.setdefault(v.property, 0 if k < in_setup else min(step, v.time + 1))
     return choices, options, world, first_bad, names, labels
 
 

@@ -145,6 +145,20 @@ class Mirror:
                         return True
         return False
 
+    def leaves_under(self, top: int, level: int, base: int):
+        """Yield (level, base ipa, desc) of every valid leaf in the subtree of page `top`."""
+        todo = [(top, level, base)]
+        while todo:
+            p, lvl, b = todo.pop()
+            size = self.size(lvl)
+            for idx, d in self.pages.get(p, {}).items():
+                if not d & 1:
+                    continue
+                if lvl < 3 and d & 2:
+                    todo.append((d & self.geo.table_mask, lvl + 1, b + idx * size))
+                else:
+                    yield lvl, b + idx * size, d
+
     def below(self, top: int, pa: int) -> bool:
         """Is table page `pa` in the subtree under table page `top` (not `top` itself)?"""
         todo, seen = [top], set()

@@ -57,5 +57,9 @@ def print_exploration(results: list[dict]) -> None:
             v = f["violation"]
             c.print(f"  [{f['property']}] {v['detail']}", markup=False)
             c.print(f"    entry {v['entry']}, IPA {v['ipa']:#x}, cpu{v['cpu']}")
-            c.print(f"    minimal schedule ({len(f['schedule'])} steps): "
-                    + " ".join(f["schedule"]))
+            if f["schedule"]:
+                c.print(f"    minimal schedule ({len(f['schedule'])} steps): "
+                        + " ".join(f["schedule"]))
+            else:
+                c.print("    minimal schedule: none needed, the scenario's set-up alone "
+                        "violates it")
