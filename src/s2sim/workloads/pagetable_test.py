@@ -88,7 +88,14 @@ class TestConfig:
                 else int(offset)
         if kw.get("tie", "fifo") not in ("fifo", "random"):
             raise ConfigError(f"tie-break policy {kw['tie']!r} is unknown; use fifo or random")
-        return TestConfig(m, sz, v, backing, off, **kw)
+        cfg = TestConfig(m, sz, v, backing, off, **kw)
+        from s2sim.kvm.memslot import resolve_backing
+
+        b = resolve_backing(backing, cfg.geometry)  # refuse impossible backings up front
+        if sz % b.page_size:
+            raise ConfigError(f"test memory size {size!r} is not a multiple of the {backing} "
+                              f"page size {b.page_size:#x}")
+        return cfg
 
     @property
     def geometry(self) -> Geometry:
