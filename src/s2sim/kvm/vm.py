@@ -21,8 +21,9 @@ from s2sim.kvm.pgtable import Stage2PageTable
 from s2sim.kvm.steps import CMO, Step
 
 # Host-side step kinds (charged by sim/, invisible to the architecture).
-LOCK, UNLOCK, TOPUP, HOST_TOUCH, FAULT_BASE, FAULT_LOCKED, MARK_DIRTY = (
-    "lock", "unlock", "topup", "host_touch", "fault_base", "fault_locked", "mark_dirty")
+LOCK, UNLOCK, TOPUP, HOST_TOUCH, FAULT_BASE, FAULT_LOCKED, MARK_DIRTY, DIRTY_LOG_SETUP = (
+    "lock", "unlock", "topup", "host_touch", "fault_base", "fault_locked", "mark_dirty",
+    "dirty_log_setup")
 
 # Fault outcomes.
 MAPPED, SPLIT, COALESCED, RELAXED, SPURIOUS, YOUNG, ENOMEM_RETRY = (
@@ -75,7 +76,8 @@ class Kvm:
 
     # --- dirty logging ---------------------------------------------------------
     def enable_dirty_log(self, slot: Memslot, cpu: int):
-        """KVM_MEM_LOG_DIRTY_PAGES on: write-protect the slot, then flush the VMID."""
+        """KVM_MEM_LOG_DIRTY_PAGES on: set up the bitmap, write-protect the slot, flush the VMID."""
+        yield Step(DIRTY_LOG_SETUP, pages=slot.size // self.geo.granule_size)
         yield _LOCK
         slot.logging = True
         slot.dirty = set()

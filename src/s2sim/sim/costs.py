@@ -60,6 +60,8 @@ class CostModel:
                 ns = 0
             elif k == vm.TOPUP:
                 ns = s.pages * self.alloc
+            elif k == vm.DIRTY_LOG_SETUP:
+                ns = math.ceil(s.pages * self.c["dirty_log_per_page_ns"])
             else:
                 raise ValueError(f"no cost for step kind {k!r}")
         if s.visits:

@@ -64,11 +64,13 @@ def run_pagetable_test(cfg: TestConfig, profile: Profile | None = None,
     aborted = ""
     for stage in STAGES:
         if stage == UPDATE:
+            metrics.begin("host:enable_dirty_log")
             host_actions.append(_run_host(engine, kvm.enable_dirty_log(slot, host_cpu), costs,
-                                          lock, "enable_dirty_log", host_cpu))
+                                          lock, "enable_dirty_log", host_cpu, metrics))
         if stage == ADJUST:
+            metrics.begin("host:disable_dirty_log")
             host_actions.append(_run_host(engine, kvm.disable_dirty_log(slot, host_cpu), costs,
-                                          lock, "disable_dirty_log", host_cpu))
+                                          lock, "disable_dirty_log", host_cpu, metrics))
         m = metrics.begin(stage)
         lock_before = _lock_stats(lock)
         t0 = engine.now
@@ -122,11 +124,17 @@ def run_pagetable_test(cfg: TestConfig, profile: Profile | None = None,
     }
 
 
-def _run_host(engine: Engine, gen, costs: CostModel, lock: Lock, name: str, cpu: int) -> dict:
+def _run_host(engine: Engine, gen, costs: CostModel, lock: Lock, name: str, cpu: int,
+              metrics: Metrics | None = None) -> dict:
     t0 = engine.now
     engine.spawn(Agent(name, cpu, drive(gen, costs, lock, None, cpu)))
     t1 = engine.run()
-    return {"name": name, "seconds": (t1 - t0) / 1e9}
+    out = {"name": name, "seconds": (t1 - t0) / 1e9}
+    m = metrics.cur if metrics is not None else None
+    if m is not None and m.name == "host:" + name:  # what the host action did
+        d = m.to_dict()
+        out.update({k: d[k] for k in ("descriptor_writes", "tlbi", "tlbi_total", "dsb")})
+    return out
 
 
 def _lock_stats(lock: Lock) -> dict:
