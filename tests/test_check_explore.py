@@ -263,13 +263,8 @@ def test_bounded_search_is_sound(name, scn):
         assert len(f.schedule) >= best[p]
 
 
-@pytest.mark.parametrize("name,scn", [
-    ("mutant-no-cmo", "coalesce"),
-    pytest.param("mutant-no-dirty", "split", marks=pytest.mark.xfail(
-        strict=True, reason="explorer gap: the bounded DFS never branches off a default "
-        "continuation that exceeds the bound (the default picks the lowest agent: a "
-        "preemption), so it misses 1-preemption schedules (21 steps reported, 17 suffice)")),
-])
+@pytest.mark.parametrize("name,scn", [("mutant-no-cmo", "coalesce"),
+                                      ("mutant-no-dirty", "split")])
 def test_bounded_search_reports_the_shortest_schedule(name, scn):
     v = variant(name)
     res = X.explore(scn, v, budget=BIG, bound=1)

@@ -322,10 +322,9 @@ def _replay(scn: Scenario, variant: Variant, prefix: list[int], pick=None):
         elif pick is not None:
             i = pick(runnable)
         else:
-            i = runnable[0]
-            if choices and labels[-1].get(choices[-1]) in READS:  # stay canonical
-                prev = choices[-1]
-                i = next((j for j in runnable if not (j < prev and pending[j] in READS)), i)
+            # default continuation: keep running the same agent (no preemption), so a
+            # bounded search can branch from every prefix within its bound
+            i = choices[-1] if choices and choices[-1] in runnable else runnable[0]
         choices.append(i)
         options.append(runnable)
         labels.append({j: pending[j] for j in runnable})
@@ -410,14 +409,14 @@ def _dfs(scn: Scenario, variant: Variant, budget: int, bound: int | None):
     while stack:
         prefix = stack.pop()
         choices, options, world, bad, names, labels = _replay(scn, variant, prefix)
-        if bound is not None and _preemptions(choices, options) > bound:
-            continue
         _record(out, choices, world, bad, names, options)
         if out.schedules > budget:
             return None
+        # every sibling not taken (the default continuation need not be the lowest
+        # agent): each tree node is pushed once, by the run that first reached it
         for k in range(len(choices) - 1, len(prefix) - 1, -1):
             for alt in reversed(options[k]):
-                if alt > choices[k] and _canonical(choices, labels, k, alt):
+                if alt != choices[k] and _canonical(choices, labels, k, alt):
                     nxt = choices[:k] + [alt]
                     if bound is None or _preemptions(nxt, options[:k] + [options[k]]) <= bound:
                         stack.append(nxt)
