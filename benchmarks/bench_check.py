@@ -23,7 +23,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="one variant, smaller run")
     args = ap.parse_args()
     variants = ["rfc"] if args.quick else ["patch1", "rfc", "bbml2"]
-    print("explorer (default budget: exhaustive up to 20000 schedules, then bounded)")
+    print("explorer (default budget: exhaustive up to 35000 schedules, then bounded)")
     print(f"{'scenario':10} {'variant':10} {'mode':32} {'schedules':>9} {'states':>8} "
           f"{'seconds':>8} {'sched/s':>8} {'<60s':>5}")
     for v in variants:

@@ -335,7 +335,7 @@ def check_trace(path: str = typer.Argument(..., help="a trace written by --trace
 @app.command()
 def explore(scenario: str = typer.Argument("all", help="coalesce, split, unmap, or all"),
             variant: str = typer.Option("rfc", help="variant or mutant to explore"),
-            budget: int = typer.Option(40000, help="schedules before falling back from "
+            budget: int = typer.Option(35000, help="schedules before falling back from "
                                        "exhaustive to preemption-bounded search"),
             bound: Optional[int] = typer.Option(None, help="preemption bound (skips the "
                                                 "exhaustive attempt)"),

@@ -374,7 +374,7 @@ def _preemptions(choices: list[int], options: list[list[int]]) -> int:
     return n
 
 
-def explore(name: str, variant: Variant, budget: int = 40000, bound: int | None = None,
+def explore(name: str, variant: Variant, budget: int = 35000, bound: int | None = None,
             samples: int = 2000, seed: int = 0) -> Exploration:
     """Explore one scenario under one variant. Raises ConfigError for unknown scenarios."""
     scn = SCENARIOS.get(name)
