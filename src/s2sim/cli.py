@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional
 
 import typer
 
@@ -73,13 +72,13 @@ def decode(value: str = typer.Argument(..., help="descriptor value, e.g. 0x40000
 @app.command()
 def ops(script: list[str] = typer.Argument(None, help="operations, one per argument "
                                            "(or use --file)"),
-        file: Optional[str] = typer.Option(None, "--file", "-f", help="script file, one op per line"),
+        file: str | None = typer.Option(None, "--file", "-f", help="script file, one op per line"),
         granule: str = typer.Option("4K", help="4K, 16K or 64K"),
         ipa_bits: int = typer.Option(40, "--ipa-bits", help="IPA size in bits, 32..48"),
         variant: str = typer.Option("v5.11", help="preset: v5.11, patch1, rfc, block-first, "
                                     "cmo-first, bbml2"),
-        coalesce: Optional[str] = typer.Option(None, help="override the coalescing strategy"),
-        cmo: Optional[str] = typer.Option(None, help="override CMO placement: fault or map"),
+        coalesce: str | None = typer.Option(None, help="override the coalescing strategy"),
+        cmo: str | None = typer.Option(None, help="override CMO placement: fault or map"),
         fwb: bool = typer.Option(False, "--fwb", help="the CPU has FEAT_S2FWB"),
         limit: int = typer.Option(200, help="print at most this many steps and entries"),
         check: bool = typer.Option(False, "--check", help="run the safety checker; exit 1 on "
@@ -171,7 +170,7 @@ def _test_config(mode, size, vcpus, backing, offset, variant, coalesce, cmo, pla
                            hva_offset=hva_offset, runahead=runahead, fastforward=not exact)
 
 
-def _check_json_path(path: Optional[str]) -> None:
+def _check_json_path(path: str | None) -> None:
     import os
 
     if path is not None:
@@ -186,20 +185,20 @@ def pagetable_test(
         size: str = typer.Option("1G", "-b", help="test memory size, e.g. 1G, 20G"),
         vcpus: int = typer.Option(1, "-v", help="number of vCPUs"),
         backing: str = typer.Option("anonymous", "-s", help="backing: " + BACKING_HELP),
-        offset: Optional[str] = typer.Option(None, "-p", help="guest physical test memory "
+        offset: str | None = typer.Option(None, "-p", help="guest physical test memory "
                                              "offset (default: top of the IPA space)"),
         variant: str = typer.Option("v5.11", help="v5.11, patch1, rfc, block-first, cmo-first, "
                                     "bbml2"),
-        coalesce: Optional[str] = typer.Option(None, help="override the coalescing strategy"),
-        cmo: Optional[str] = typer.Option(None, help="override CMO placement: fault or map"),
+        coalesce: str | None = typer.Option(None, help="override the coalescing strategy"),
+        cmo: str | None = typer.Option(None, help="override CMO placement: fault or map"),
         platform: str = typer.Option("kunpeng920", help="profile name or path to a .toml"),
         seed: int = typer.Option(0, help="seed for the random tie-break"),
         tie: str = typer.Option("fifo", help="tie-break policy: fifo or random"),
-        json_path: Optional[str] = typer.Option(None, "--json", help="write the result as JSON "
+        json_path: str | None = typer.Option(None, "--json", help="write the result as JSON "
                                                 "to this path"),
         check: bool = typer.Option(False, "--check", help="run the safety checker; exit 1 on "
                                    "any violation"),
-        trace: Optional[str] = typer.Option(None, "--trace", help="record the event stream as "
+        trace: str | None = typer.Option(None, "--trace", help="record the event stream as "
                                             "JSON lines to this path"),
         hva_offset: str = typer.Option("0", "--hva-offset", help="misalign the slot's host "
                                        "virtual address by this many bytes"),
@@ -224,13 +223,13 @@ def compare(
         size: str = typer.Option("128M", "-b", help="test memory size"),
         vcpus: int = typer.Option(4, "-v", help="number of vCPUs"),
         backing: str = typer.Option("anonymous_hugetlb_2mb", "-s", help="backing: " + BACKING_HELP),
-        offset: Optional[str] = typer.Option(None, "-p", help="guest physical test memory offset"),
+        offset: str | None = typer.Option(None, "-p", help="guest physical test memory offset"),
         variants: str = typer.Option("v5.11,patch1,rfc,block-first", help="comma-separated "
                                      "variants; the first is the baseline"),
         platform: str = typer.Option("kunpeng920", help="profile name or path to a .toml"),
         seed: int = typer.Option(0, help="seed for the random tie-break"),
         tie: str = typer.Option("fifo", help="tie-break policy: fifo or random"),
-        json_path: Optional[str] = typer.Option(None, "--json", help="write all results as JSON "
+        json_path: str | None = typer.Option(None, "--json", help="write all results as JSON "
                                                 "to this path"),
         check: bool = typer.Option(False, "--check", help="run the safety checker on every "
                                    "variant; exit 1 on any violation")) -> None:
@@ -263,7 +262,7 @@ def compare(
         raise typer.Exit(1)
 
 
-def _run_checked(cfg, check: bool, trace: Optional[str]) -> dict:
+def _run_checked(cfg, check: bool, trace: str | None) -> dict:
     """Run pagetable-test with the checker and/or a trace writer subscribed."""
     from s2sim.sim.run import run_pagetable_test
 
@@ -337,7 +336,7 @@ def explore(scenario: str = typer.Argument("all", help="coalesce, split, unmap, 
             variant: str = typer.Option("rfc", help="variant or mutant to explore"),
             budget: int = typer.Option(35000, help="schedules before falling back from "
                                        "exhaustive to preemption-bounded search"),
-            bound: Optional[int] = typer.Option(None, help="preemption bound (skips the "
+            bound: int | None = typer.Option(None, help="preemption bound (skips the "
                                                 "exhaustive attempt)"),
             json_out: bool = typer.Option(False, "--json", help="print JSON")) -> None:
     """Explore every order of the agents' steps in small scenarios; exit 1 on a violation."""
@@ -363,11 +362,11 @@ def explore(scenario: str = typer.Argument("all", help="coalesce, split, unmap, 
 
 
 @app.command()
-def reproduce(data: Optional[str] = typer.Option(None, "--data", help="calibration TOML "
+def reproduce(data: str | None = typer.Option(None, "--data", help="calibration TOML "
                                                  "(default: the shipped seed data)"),
               platform: str = typer.Option("kunpeng920", help="profile name or path"),
-              json_path: Optional[str] = typer.Option(None, "--json", help="write JSON here"),
-              plot_path: Optional[str] = typer.Option(None, "--plot", help="write a PNG bar "
+              json_path: str | None = typer.Option(None, "--json", help="write JSON here"),
+              plot_path: str | None = typer.Option(None, "--plot", help="write a PNG bar "
                                                       "chart here")) -> None:
     """Run every calibration configuration with a profile: published vs simulated, and why."""
     from s2sim.report import reproduce as rp
@@ -393,14 +392,15 @@ def reproduce(data: Optional[str] = typer.Option(None, "--data", help="calibrati
 @app.command()
 def calibrate(data: str = typer.Argument(..., help="calibration TOML (published stage times)"),
               platform: str = typer.Option("kunpeng920", help="starting profile"),
-              platform_out: Optional[str] = typer.Option(None, "--platform-out",
+              platform_out: str | None = typer.Option(None, "--platform-out",
                                                          help="write the fitted profile here"),
               max_evals: int = typer.Option(40, help="most simulations of the whole data set")
               ) -> None:
     """Fit the profile's free parameters to the data by least squares on relative error."""
     import os
 
-    from s2sim.sim.calibrate import FREE, calibrate as fit, profile_toml
+    from s2sim.sim.calibrate import FREE, profile_toml
+    from s2sim.sim.calibrate import calibrate as fit
     from s2sim.sim.profile import load_profile
     from s2sim.workloads.calibration import load_calibration
 
@@ -432,7 +432,7 @@ def calibrate(data: str = typer.Argument(..., help="calibration TOML (published 
         os.replace(tmp, platform_out)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def main(argv: list[str] | None = None) -> None:
     """Entry point: one clear line and exit 2 for bad input, never a traceback."""
     try:
         rc = app(args=argv, standalone_mode=False)

@@ -7,8 +7,9 @@ event so that a run with no subscriber pays nothing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 
 @dataclass(slots=True)

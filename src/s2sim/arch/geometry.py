@@ -58,7 +58,7 @@ class Geometry:
 
     @staticmethod
     def make(granule: str | int = "4K", ipa_bits: int = 40, pa_bits: int = 48,
-             xnx: bool = False) -> "Geometry":
+             xnx: bool = False) -> Geometry:
         """KVM's geometry for this granule and IPA size. Raises GeometryError."""
         g = granule_name(granule)
         try:

@@ -21,7 +21,7 @@ from s2sim.errors import AddressError
 class TablePage:
     """One translation-table page: its entries, KVM's refcount, and identity."""
 
-    __slots__ = ("pa", "entries", "refcount", "generation", "level")
+    __slots__ = ("entries", "generation", "level", "pa", "refcount")
 
     def __init__(self, pa: int, n: int, generation: int, level: int) -> None:
         self.pa = pa

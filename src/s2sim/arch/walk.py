@@ -86,8 +86,18 @@ class WalkCursor:
     descriptor followed, for walk-cache fills.
     """
 
-    __slots__ = ("mem", "geo", "ipa", "access", "ha", "level", "table_pa", "index", "path",
-                 "result")
+    __slots__ = (
+        "access",
+        "geo",
+        "ha",
+        "index",
+        "ipa",
+        "level",
+        "mem",
+        "path",
+        "result",
+        "table_pa",
+    )
 
     def __init__(self, mem: PhysMem, geo: Geometry, root_pa: int, ipa: int, access: int,
                  ha: bool = False, start: tuple[int, int] | None = None) -> None:

@@ -65,7 +65,7 @@ def _leaf_pa(desc: int, level: int, ipa: int, geo) -> int:
 class Property:
     name = ""
 
-    def __init__(self, checker: "Checker") -> None:
+    def __init__(self, checker: Checker) -> None:
         self.c = checker
         self.m = checker.mirror
 
@@ -235,7 +235,7 @@ class RefCounts(Property):
 
     name = REFCOUNT
 
-    def __init__(self, checker: "Checker") -> None:
+    def __init__(self, checker: Checker) -> None:
         super().__init__(checker)
         self.seen = False
 
@@ -283,7 +283,7 @@ class DirtyLogComplete(Property):
 
     name = DIRTY
 
-    def __init__(self, checker: "Checker") -> None:
+    def __init__(self, checker: Checker) -> None:
         super().__init__(checker)
         self.pending: dict[int, GuestAccesses] = {}
 
@@ -350,7 +350,7 @@ class Checker:
         if len(self.violations) < self.keep:
             self.violations.append(v)
 
-    def __call__(self, e: ev.Event) -> None:  # noqa: C901 - one flat dispatch
+    def __call__(self, e: ev.Event) -> None:
         self.events += 1
         m = self.mirror
         t = type(e)

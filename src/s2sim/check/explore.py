@@ -22,13 +22,12 @@ shortest schedule prefix that reproduces it.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
-from typing import Callable, Generator
 
 from s2sim.arch import events as ev
 from s2sim.arch.geometry import Geometry
 from s2sim.arch.machine import Machine
-from s2sim.kvm.steps import Step
 from s2sim.arch.tlb import Conflict
 from s2sim.arch.walk import ACCESS_NAMES, READ, WRITE, Fault, Translation, WalkCursor, permits
 from s2sim.check.checker import PROPERTIES, Checker
@@ -37,7 +36,7 @@ from s2sim.kvm import vm as kvmvm
 from s2sim.kvm.coalesce import Variant
 from s2sim.kvm.memcache import Memcache
 from s2sim.kvm.pgtable import run
-from s2sim.kvm.steps import INVISIBLE
+from s2sim.kvm.steps import INVISIBLE, Step
 from s2sim.sim.events import GuestAccesses, HostTouch
 
 MB2 = 2 << 20

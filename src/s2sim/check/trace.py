@@ -8,8 +8,9 @@ observer (the Checker gives the same verdicts offline as online).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import fields
-from typing import Callable, TextIO
+from typing import TextIO
 
 from s2sim import __version__
 from s2sim.arch import events as ev

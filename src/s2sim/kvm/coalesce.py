@@ -12,8 +12,9 @@ entry visits are charged in bulk rather than interleaved.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generator
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from s2sim.kvm.pgtable import MapContext
@@ -29,7 +30,7 @@ class Strategy:
     summary: str
     unsafe: bool = False
 
-    def run(self, ctx: "MapContext", addr: int, level: int, page, index: int, old: int,
+    def run(self, ctx: MapContext, addr: int, level: int, page, index: int, old: int,
             block: int) -> Generator:
         return _ORDERS[self.name](ctx, addr, level, page, index, old, block)
 

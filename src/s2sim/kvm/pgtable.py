@@ -11,8 +11,8 @@ unmap frees a table whose count falls back to 1 and clears its parent entry.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from dataclasses import dataclass, field
-from typing import Generator
 
 import numpy as np
 
@@ -20,12 +20,12 @@ from s2sim.arch import descriptors as d
 from s2sim.arch.machine import Machine, Vttbr
 from s2sim.arch.memory import TablePage
 from s2sim.arch.tlb import IPAS2E1IS, RIPAS2LE1IS, VMALLE1IS, VMALLS12E1IS
-from s2sim.kvm.events import OpDone, StageConfig
 from s2sim.errors import AddressError
 from s2sim.kvm import walker as w
 from s2sim.kvm.coalesce import CMO_MAP, STRATEGIES, VARIANTS, Strategy, Variant
+from s2sim.kvm.events import OpDone, StageConfig
 from s2sim.kvm.memcache import Memcache
-from s2sim.kvm.steps import ALLOC, CMO, DSB, FREE, TEARDOWN, TLBI, WRITE, Step, Teardown
+from s2sim.kvm.steps import CMO, DSB, FREE, TEARDOWN, TLBI, WRITE, Step, Teardown
 
 PERMS_MASK = d.S2AP_R | d.S2AP_W | d.XN | d.XN1
 
@@ -407,7 +407,7 @@ class Stage2PageTable:
 class MapContext:
     """State of one map walk (KVM's stage2_map_data)."""
 
-    __slots__ = ("pt", "cpu", "phys", "attrs", "mc", "cmo_in_map", "res", "geo")
+    __slots__ = ("attrs", "cmo_in_map", "cpu", "geo", "mc", "phys", "pt", "res")
 
     def __init__(self, pt: Stage2PageTable, cpu: int, phys: int, attrs: int,
                  mc: Memcache | None, cmo_in_map: bool) -> None:
@@ -497,4 +497,4 @@ def run(gen: Generator) -> tuple[list[Step], OpResult]:
             return steps, e.value
 
 
-__all__ = ["Stage2PageTable", "OpResult", "run", "block_mapping_supported", "ALLOC"]
+__all__ = ["OpResult", "Stage2PageTable", "block_mapping_supported", "run"]

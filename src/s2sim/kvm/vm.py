@@ -94,9 +94,7 @@ class Kvm:
         slot.logging = False
         if self.machine.bus.on:
             self.machine.bus.emit(DirtyLog(self.machine.now, cpu, slot.slot_id, False))
-        if False:
-            yield
-        return None
+        yield from ()  # a generator like every host action, with no step of its own
 
     # --- the fault handler ---------------------------------------------------------
     def handle_fault(self, fault: Fault, mc: Memcache, cpu: int):

@@ -15,7 +15,7 @@ that perform effects, yield `Step`s, and return a status.
 
 from __future__ import annotations
 
-from typing import Callable, Generator
+from collections.abc import Callable, Generator
 
 from s2sim.arch.geometry import Geometry
 from s2sim.arch.machine import Machine
@@ -37,7 +37,7 @@ Visitor = Callable[..., Generator]
 class Walker:
     """One walk over [addr, end) of a stage-2 table with one visitor."""
 
-    __slots__ = ("machine", "geo", "tables", "visitor", "flags", "end", "addr", "visits")
+    __slots__ = ("addr", "end", "flags", "geo", "machine", "tables", "visitor", "visits")
 
     def __init__(self, machine: Machine, visitor: Visitor, flags: int) -> None:
         self.machine = machine

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import heapq
 import random
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
-from typing import Callable, Generator
 
 from s2sim.arch.machine import Machine
 
@@ -54,7 +54,7 @@ class Release:
 class Agent:
     """A named generator with its CPU number (or -1 for host actors)."""
 
-    __slots__ = ("name", "cpu", "gen", "done_at", "lock_waited")
+    __slots__ = ("cpu", "done_at", "gen", "lock_waited", "name")
 
     def __init__(self, name: str, cpu: int, gen: Generator) -> None:
         self.name, self.cpu, self.gen = name, cpu, gen

@@ -14,7 +14,6 @@ from s2sim.arch import events as ev
 from s2sim.kvm.steps import Teardown
 from s2sim.sim.events import FaultHandled, FaultTaken, GuestAccesses, HostTouch
 
-
 KINDS = ("guest_accesses", "desc_write", "fault_taken", "fault_handled", "tlbi", "dsb", "cmo",
          "page_alloc", "page_free", "teardown", "host_touch")
 
@@ -95,7 +94,7 @@ class Metrics:
         self.stages.append(self.cur)
         return self.cur
 
-    def on_event(self, e: ev.Event) -> None:  # noqa: C901 - one dispatch, flat
+    def on_event(self, e: ev.Event) -> None:
         m = self.cur
         if m is None:
             return

@@ -8,15 +8,21 @@ from s2sim import __version__
 from s2sim.arch.machine import Machine
 from s2sim.kvm.coalesce import variant as get_variant
 from s2sim.kvm.vm import Kvm
-from s2sim.sim.costs import CostModel
 from s2sim.sim.convoy import Convoy
+from s2sim.sim.costs import CostModel
 from s2sim.sim.engine import Agent, Engine, Lock
 from s2sim.sim.events import StageMark
 from s2sim.sim.metrics import Metrics
 from s2sim.sim.profile import Profile, load_profile
 from s2sim.sim.vcpu import HostMemory, Livelock, Vcpu, drive
 from s2sim.workloads.pagetable_test import (
-    ADJUST, CREATE, STAGES, UPDATE, TestConfig, stage_segments, test_base)
+    ADJUST,
+    STAGES,
+    UPDATE,
+    TestConfig,
+    stage_segments,
+    test_base,
+)
 
 
 def run_pagetable_test(cfg: TestConfig, profile: Profile | None = None,

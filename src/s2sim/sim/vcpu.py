@@ -13,16 +13,16 @@ a time; results are identical (tested).
 
 from __future__ import annotations
 
-from typing import Generator
+from collections.abc import Generator
 
 from s2sim.arch.machine import Machine, Vttbr
 from s2sim.arch.tlb import Conflict
 from s2sim.arch.walk import ACCESS_NAMES, Fault, Translation
 from s2sim.kvm import vm
 from s2sim.kvm.memcache import Memcache
+from s2sim.kvm.steps import INVISIBLE
 from s2sim.sim.costs import CostModel
 from s2sim.sim.engine import Acquire, Engine, Lock, Release, SimError
-from s2sim.kvm.steps import INVISIBLE
 from s2sim.sim.events import FaultHandled, FaultTaken, GuestAccesses, HostTouch
 
 # A segment of an access stream: accesses at start + k*stride, k < count.

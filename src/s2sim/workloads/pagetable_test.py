@@ -71,7 +71,7 @@ class TestConfig:
 
     @staticmethod
     def make(mode="4", size="1G", vcpus=1, backing="anonymous", offset=None, **kw
-             ) -> "TestConfig":
+             ) -> TestConfig:
         m = parse_mode(mode)
         sz = parse_size(size, "test memory size (-b)") if isinstance(size, str) else int(size)
         if sz <= 0:
