@@ -53,12 +53,24 @@ class OpResult:
 
 def block_mapping_supported(geo, addr: int, end: int, phys: int, level: int) -> bool:
     """KVM's kvm_block_mapping_supported: a leaf of this level fits here."""
-    if level < 3 and not geo.block_allowed(level):
+    if level < 3 and not geo.block_ok[level]:
         return False
-    size = geo.level_size(level)
+    size = 1 << geo.shifts[level]
     if end - addr < size:
         return False
     return not (addr & (size - 1)) and not (phys & (size - 1))
+
+
+_ATTRS: dict[tuple[int, bool, bool], int] = {}
+
+
+def _attrs(prot: int, fwb: bool, device: bool) -> int:
+    """d.leaf_attrs, memoised (it is on every fault)."""
+    key = (prot, fwb, device)
+    a = _ATTRS.get(key)
+    if a is None:
+        a = _ATTRS[key] = d.leaf_attrs(prot, fwb, device)
+    return a
 
 
 class Stage2PageTable:
@@ -203,7 +215,7 @@ class Stage2PageTable:
                 or phys + size > 1 << self.geo.pa_bits):  # else the PA wraps to 0
             raise AddressError(f"PA range {phys:#x}+{size:#x} is not {self.geo.granule}-aligned "
                                f"or exceeds the {self.geo.pa_bits}-bit PA space")
-        attrs = d.leaf_attrs(prot, self.fwb, device)
+        attrs = _attrs(prot, self.fwb, device)
         cmo_in_map = (self.variant.cmo == CMO_MAP and not self.fwb and not device
                       and self.variant.mutation != "no-cmo")
         if self.fast:
@@ -262,11 +274,16 @@ class Stage2PageTable:
                 res.unchanged = True
             else:
                 res.perm_only = True
-        else:
+        else:  # cmo() and set_pte() inlined: this is the fault path's hot spot
+            m = self.machine
             if cmo_in_map and d.is_cacheable(new, self.fwb):
-                yield from self.cmo(new, level, cpu)
-            yield from self.set_pte(page, idx, new, addr, cpu)
-            self.get(page, cpu)
+                pa = new & d.oa_mask(self.geo, level)
+                size = 1 << self.geo.shifts[level]
+                yield Step(CMO, level, pa=pa, size=size)
+                m.cmo(pa, size, cpu)
+            yield Step(WRITE, level, addr, page.entries[idx], new)
+            m.write(page, idx, new, addr, cpu)
+            m.refcount(page, +1, cpu)
             res.leaves = 1
             res.level = level
         yield Step("visit", visits=visits)
