@@ -196,6 +196,18 @@ def walk(mem: PhysMem, geo: Geometry, root_pa: int, ipa: int, access: int, ha: b
         level += 1
         table_pa = nxt
         index = (ipa >> shifts[level]) & emask
+    else:
+        # the common outcome, decided inline: a valid, accessed page whose
+        # permissions allow a read or write (exactly _step's success case)
+        page = tables.get(table_pa)
+        if page is not None and access != EXEC:
+            desc = page.entries[index]
+            if desc & 3 == 3 and desc & d.AF and desc & (d.S2AP_R if access == READ
+                                                          else d.S2AP_W):
+                low = (1 << shifts[3]) - 1
+                oa = desc & 0xFFFFFFFFFFFF & ~low
+                if not oa >> pa_bits:
+                    return Translation(ipa, oa | (ipa & low), 3, desc, table_pa, index, low + 1)
     c = WalkCursor.__new__(WalkCursor)
     c.mem, c.geo, c.ipa, c.access, c.ha, c.path, c.result = mem, geo, ipa, access, ha, None, None
     c.level, c.table_pa, c.index = level, table_pa, index
