@@ -138,31 +138,44 @@ class Machine:
         followed and the TLB with the leaf (unless nT is set). A hit whose
         permissions forbid the access is a permission fault from the TLB.
         """
-        tlb = self.tlbs[cpu]
-        vmid = vttbr.vmid
-        hit = tlb.lookup(vmid, ipa)
-        bus = self.bus
-        if hit is not None:
-            if type(hit) is Conflict:
-                if bus.on:
-                    bus.emit(ev.TlbConflict(self.now, cpu, vmid, ipa,
-                                            tuple(self.geo.level_size(lvl) for lvl, _ in hit.hits),
-                                            tuple(dsc for _, dsc in hit.hits)))
-                return hit
-            level, desc = hit
-            if not permits(desc, access, self.geo.xnx):
-                return Fault("permission", level, ipa, access)
+        r = self.lookup(cpu, vttbr, ipa, access)
+        return self.walk(cpu, vttbr, ipa, access) if r is None else r
+
+    def lookup(self, cpu: int, vttbr: Vttbr, ipa: int, access: int
+               ) -> Fault | Conflict | tuple[int, int] | None:
+        """The TLB half of `translate`: a hit, a Conflict, a permission Fault, or None."""
+        hit = self.tlbs[cpu].lookup(vttbr.vmid, ipa)
+        if hit is None:
+            return None
+        if type(hit) is Conflict:
+            if self.bus.on:
+                self.bus.emit(ev.TlbConflict(self.now, cpu, vttbr.vmid, ipa,
+                                             tuple(self.geo.level_size(lvl) for lvl, _ in hit.hits),
+                                             tuple(dsc for _, dsc in hit.hits)))
             return hit
-        return self.walk(cpu, vttbr, ipa, access)
+        if not permits(hit[1], access, self.geo.xnx):
+            return Fault("permission", hit[0], ipa, access)
+        return hit
+
+    def walk_start(self, cpu: int, vttbr: Vttbr, ipa: int) -> tuple[int, int] | None:
+        """(level, table PA) to start a walk from the deepest walk-cache entry, or None."""
+        wc = self.tlbs[cpu].walk_lookup(vttbr.vmid, ipa)
+        return None if wc is None else (wc[0] + 1, wc[1])
 
     def walk(self, cpu: int, vttbr: Vttbr, ipa: int, access: int) -> Translation | Fault:
         """A TLB miss: walk (from the deepest walk-cache entry) and fill."""
+        start = self.walk_start(cpu, vttbr, ipa)
+        res, path = walk_path(self.mem, self.geo, vttbr.baddr, ipa, access, self.ha, start)
+        return self.complete_walk(cpu, vttbr, ipa, access, res, path, start)
+
+    def complete_walk(self, cpu: int, vttbr: Vttbr, ipa: int, access: int,
+                      res: Translation | Fault, path: list, start: tuple[int, int] | None
+                      ) -> Translation | Fault:
+        """After a walk (whole, or stepped with WalkCursor): fill walk cache and TLB,
+        apply the hardware AF update, publish. Returns `res`."""
         tlb = self.tlbs[cpu]
         vmid = vttbr.vmid
         geo = self.geo
-        wc = tlb.walk_lookup(vmid, ipa)
-        start = None if wc is None else (wc[0] + 1, wc[1])
-        res, path = walk_path(self.mem, geo, vttbr.baddr, ipa, access, self.ha, start)
         self.counts["walks"] += 1
         self.last_walk_levels = res.level - (geo.start_level if start is None else start[0]) + 1
         bus = self.bus

@@ -29,7 +29,7 @@ from s2sim.arch import events as ev
 from s2sim.arch.geometry import Geometry
 from s2sim.arch.machine import Machine
 from s2sim.arch.tlb import Conflict
-from s2sim.arch.walk import ACCESS_NAMES, READ, WRITE, Fault, Translation, WalkCursor, permits
+from s2sim.arch.walk import ACCESS_NAMES, READ, WRITE, Fault, WalkCursor
 from s2sim.check.checker import PROPERTIES, Checker
 from s2sim.errors import ConfigError
 from s2sim.kvm import vm as kvmvm
@@ -134,15 +134,14 @@ class World:
         for ipa, access in accesses:
             for _attempt in range(6):
                 yield "tlb"
-                r = self._tlb_lookup(cpu, ipa, access)
+                r = m.lookup(cpu, vttbr, ipa, access)
                 if r is None:
-                    wc = tlb.walk_lookup(vttbr.vmid, ipa)
-                    start = None if wc is None else (wc[0] + 1, wc[1])
+                    start = m.walk_start(cpu, vttbr, ipa)
                     cur = WalkCursor(m.mem, self.geo, vttbr.baddr, ipa, access, m.ha, start)
                     while cur.result is None:
                         yield "walk"
                         cur.step()
-                    r = self._fill(cpu, ipa, cur)
+                    r = m.complete_walk(cpu, vttbr, ipa, access, cur.result, cur.path, start)
                 if type(r) is Conflict:
                     tlb.invalidate("IPAS2E1IS", vttbr.vmid, ipa)
                     continue
@@ -155,37 +154,6 @@ class World:
                 self._emit_access(cpu, ipa, access, r)
                 break
 
-
-    def _tlb_lookup(self, cpu: int, ipa: int, access: int):
-        """The TLB half of Machine.translate: a hit, a Conflict, a permission Fault, or None."""
-        m = self.machine
-        hit = m.tlbs[cpu].lookup(self.kvm.pgt.vmid, ipa)
-        if hit is None:
-            return None
-        if type(hit) is Conflict:
-            m.bus.emit(ev.TlbConflict(m.now, cpu, self.kvm.pgt.vmid, ipa,
-                                      tuple(self.geo.level_size(lv) for lv, _ in hit.hits),
-                                      tuple(dsc for _, dsc in hit.hits)))
-            return hit
-        if not permits(hit[1], access, self.geo.xnx):
-            return Fault("permission", hit[0], ipa, access)
-        return hit
-
-    def _fill(self, cpu: int, ipa: int, cur: WalkCursor):
-        """The fill half of Machine.walk, after a stepwise walk: walk cache, then the leaf."""
-        m, geo, vmid = self.machine, self.geo, self.kvm.pgt.vmid
-        tlb = m.tlbs[cpu]
-        for level, _tpa, _idx, desc in cur.path:
-            nxt = desc & geo.table_mask
-            page = m.mem.page(nxt)
-            tlb.fill_walk(vmid, ipa, level, nxt, page.generation if page else 0)
-        res = cur.result
-        if type(res) is Translation:
-            if res.af_update:
-                m.write(m.mem.page(res.table_pa), res.index, res.desc, res.block_base_ipa, cpu,
-                        hw=True)
-            tlb.fill(vmid, ipa, res.level, res.desc)
-        return res
 
 
 @dataclass
