@@ -107,6 +107,28 @@ def test_lock_fifo_handoff_and_wait_accounting():
     assert lock.owner is None and lock.waiters == []
 
 
+def test_handoff_grows_with_the_cpus_still_spinning():
+    # handoff 20 + 7 per CPU still waiting after the new owner is chosen.
+    #   A holds 5..105; B, C, D queue. B: 105 + 20 + 7*2 = 139 (C, D spin on),
+    #   C: 239 + 20 + 7*1 = 266, D: 366 + 20 + 0 = 386, D releases at 486.
+    eng = _engine()
+    lock = Lock("mmu_lock", acquire_ns=5, handoff_ns=20, per_waiter_ns=7)
+    grants = []
+
+    def body(name, delay):
+        if delay:
+            yield delay
+        yield Acquire(lock)
+        grants.append((name, eng.now))
+        yield 100
+        yield Release(lock)
+
+    for i, n in enumerate("ABCD"):
+        eng.spawn(Agent(n, i, body(n, i)))
+    assert eng.run() == 486
+    assert grants == [("A", 5), ("B", 139), ("C", 266), ("D", 386)]
+
+
 def test_release_then_continue_without_sleeping():
     # Release does not yield control: the agent continues at the same time.
     eng = _engine()

@@ -367,8 +367,12 @@ def reproduce(data: str | None = typer.Option(None, "--data", help="calibration 
               platform: str = typer.Option("kunpeng920", help="profile name or path"),
               json_path: str | None = typer.Option(None, "--json", help="write JSON here"),
               plot_path: str | None = typer.Option(None, "--plot", help="write a PNG bar "
-                                                      "chart here")) -> None:
+                                                      "chart here"),
+              jobs: int = typer.Option(0, help="simulations in parallel (0: one per CPU)")
+              ) -> None:
     """Run every calibration configuration with a profile: published vs simulated, and why."""
+    import os
+
     from s2sim.report import reproduce as rp
     from s2sim.report.results import write_json_atomic
     from s2sim.sim.calibrate import simulate_all
@@ -379,7 +383,9 @@ def reproduce(data: str | None = typer.Option(None, "--data", help="calibration 
     prof = load_profile(platform)
     _check_json_path(json_path)
     _check_json_path(plot_path)
-    _, results = simulate_all(d, prof)
+    if jobs < 0:
+        raise ConfigError(f"--jobs {jobs} must be at least 0")
+    _, results = simulate_all(d, prof, 1, jobs or os.cpu_count() or 1)
     rep = rp.build(d, results)
     rep["profile"] = prof.to_dict()
     rp.print_reproduce(rep, prof.name)
@@ -394,7 +400,10 @@ def calibrate(data: str = typer.Argument(..., help="calibration TOML (published 
               platform: str = typer.Option("kunpeng920", help="starting profile"),
               platform_out: str | None = typer.Option(None, "--platform-out",
                                                          help="write the fitted profile here"),
-              max_evals: int = typer.Option(40, help="most simulations of the whole data set")
+              max_evals: int = typer.Option(40, help="most simulations of the whole data set"),
+              scale: int = typer.Option(1, help="fit on runs simulated at 1/SCALE of their "
+                                        "size (stage time is linear in size), e.g. 20"),
+              jobs: int = typer.Option(0, help="simulations in parallel (0: one per CPU)")
               ) -> None:
     """Fit the profile's free parameters to the data by least squares on relative error."""
     import os
@@ -413,7 +422,10 @@ def calibrate(data: str = typer.Argument(..., help="calibration TOML (published 
             worst = max(abs(f.relative_error) for f in fits)
             print(f"s2sim: evaluation {n}: worst stage error {worst:.1%}", file=sys.stderr)
 
-    res = fit(d, base, FREE, max_evals, progress)
+    if scale < 1 or max_evals < 1 or jobs < 0:
+        raise ConfigError(f"--scale {scale}, --max-evals {max_evals}, --jobs {jobs}: scale and "
+                          "max-evals must be at least 1, jobs at least 0")
+    res = fit(d, base, FREE, max_evals, progress, scale, jobs or os.cpu_count() or 1)
     c = console()
     c.print(table("fitted parameters", ["parameter", "value", "bounds", "meaning"],
                   [[k, f"{v:g}", f"{FREE[k][0]:g}..{FREE[k][1]:g}", FREE[k][2]]
@@ -421,8 +433,8 @@ def calibrate(data: str = typer.Argument(..., help="calibration TOML (published 
     c.print(table("residuals", ["run", "stage", "published s", "simulated s", "error"],
                   [[f.run, f.stage, f"{f.published:.3f}", f"{f.simulated:.3f}",
                     f"{f.relative_error:+.1%}"] for f in res["fits"]]))
-    c.print(f"{res['evaluations']} evaluations of {len(d.runs)} runs in "
-            f"{res['wall_seconds']:.1f} s")
+    c.print(f"{res['evaluations']} evaluations of {len(d.runs)} runs"
+            + (f" at 1/{scale} size" if scale > 1 else "") + f" in {res['wall_seconds']:.1f} s")
     if platform_out:
         d_ = os.path.dirname(os.path.abspath(platform_out))
         import tempfile

@@ -28,12 +28,20 @@ class SimError(RuntimeError):
 class Lock:
     """A spinlock with FIFO hand-off (KVM v5.11's mmu_lock; a queued spinlock).
 
+    A hand-off costs `handoff_ns` plus `per_waiter_ns` for every CPU still
+    spinning after the new owner is chosen: each release invalidates the
+    lock's (and the protected data's) cache lines in every spinner, whose
+    re-reads queue in the interconnect ahead of the next owner's. Simplified:
+    linear in the number of spinners, no topology (sockets, dies).
+
     Statistics: acquisitions, contended acquisitions, total wait and hold ns.
     A reader-writer mode (6.2's rwlock) would add a shared holder count here.
     """
 
-    def __init__(self, name: str, acquire_ns: int, handoff_ns: int) -> None:
+    def __init__(self, name: str, acquire_ns: int, handoff_ns: int,
+                 per_waiter_ns: int = 0) -> None:
         self.name, self.acquire_ns, self.handoff_ns = name, acquire_ns, handoff_ns
+        self.per_waiter_ns = per_waiter_ns
         self.owner: object | None = None
         self.waiters: list[tuple[object, int]] = []
         self.since = 0
@@ -145,7 +153,7 @@ class Engine:
                 lock.hold_ns += self.now - lock.since
                 if lock.waiters:
                     nxt, since = lock.waiters.pop(0)
-                    grant = self.now + lock.handoff_ns
+                    grant = self.now + lock.handoff_ns + lock.per_waiter_ns * len(lock.waiters)
                     waited = grant - since
                     lock.wait_ns += waited
                     lock.max_wait_ns = max(lock.max_wait_ns, waited)

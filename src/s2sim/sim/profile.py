@@ -26,6 +26,7 @@ COST_KEYS = {
     "fault_locked_ns": "fixed fault handling under mmu_lock",
     "lock_acquire_ns": "uncontended lock + unlock",
     "lock_handoff_ns": "contended lock hand-off",
+    "lock_handoff_per_waiter_ns": "added to a hand-off per CPU still spinning",
     "pte_read_ns": "one entry visited by KVM's walker",
     "pte_write_ns": "one descriptor store",
     "teardown_entry_ns": "one entry of an unlinked subtree",

@@ -31,8 +31,9 @@ class CalibrationRun:
     variant: str
     seconds: dict[str, float]
 
-    def config(self, mode: str, platform: str = "kunpeng920", **kw) -> TestConfig:
-        return TestConfig.make(mode, self.size, self.vcpus, self.backing, variant=self.variant,
+    def config(self, mode: str, platform: str = "kunpeng920", size: int | None = None,
+               **kw) -> TestConfig:
+        return TestConfig.make(mode, size or self.size, self.vcpus, self.backing, variant=self.variant,
                                platform=platform, **kw)
 
 
