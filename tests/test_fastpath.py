@@ -16,6 +16,7 @@ from functools import cache
 import pytest
 
 from s2sim.sim import engine as eng
+from s2sim.sim import hostmm
 from s2sim.sim.convoy import Convoy
 from s2sim.sim.run import run_pagetable_test
 from s2sim.workloads.pagetable_test import TestConfig as Cfg  # (not a pytest class)
@@ -34,23 +35,39 @@ def _state(machine) -> tuple:
     return tuple(tlbs), tables, mem
 
 
+def _host_state(host) -> tuple:
+    """Host pages (first touch and THP regions) and KVM's MMU-notifier counters."""
+    return (tuple(sorted(host.ready.items())),
+            tuple(sorted((pa, tuple(r)) for pa, r in host.regions.items())),
+            host.bytes_zeroed, tuple(sorted(host.counts.items())),
+            host.kvm.mmu_notifier_seq, host.kvm.mmu_notifier_count)
+
+
 @cache
 def _run(kw: tuple, ff: bool):
     """(result, ff stats, machine state after each engine run) for one configuration."""
     states = []
+    hosts = []
     orig = eng.Engine.run
+    orig_init = hostmm.HostMemory.__init__
 
     def run(self, until=None):
         t = orig(self, until)
-        states.append((self.now, _state(self.machine)))
+        states.append((self.now, _state(self.machine) + (_host_state(hosts[-1]),)))
         return t
 
+    def init(self, *a, **k):
+        orig_init(self, *a, **k)
+        hosts.append(self)
+
     eng.Engine.run = run
+    hostmm.HostMemory.__init__ = init
     try:
         stats: dict = {}
         r = run_pagetable_test(Cfg.make(fastforward=ff, **dict(kw)), ff_stats=stats)
     finally:
         eng.Engine.run = orig
+        hostmm.HostMemory.__init__ = orig_init
     return r, stats, states
 
 
@@ -69,6 +86,7 @@ def _same(kw: dict) -> dict:
         assert a[1][0] == b[1][0], f"TLBs after run {i}"
         assert a[1][1] == b[1][1], f"tables after run {i}"
         assert a[1][2] == b[1][2], f"allocator after run {i}"
+        assert a[1][3] == b[1][3], f"host memory after run {i}"
     return stats
 
 
@@ -88,9 +106,13 @@ H2M, H1G, THP, ANON = "anonymous_hugetlb_2mb", "anonymous_hugetlb_1gb", "anonymo
     _kw("8M", 3, H2M, "rfc"),
     _kw("8M", 7, H2M, "block-first"),
     _kw("8M", 1, H2M, "patch1"),
-    # THP: CREATE's block convoy (2M strides), UPDATE's split then page convoy
+    # THP: CREATE's huge-zero-page / split / COW races (readers win, writers split and
+    # retry), UPDATE's split then page convoy, ADJUST's 4K maps of split regions
     _kw("32M", 8, THP, "v5.11"),
     _kw("16M", 20, THP, "patch1"),
+    _kw("64M", 4, THP, "v5.11"),
+    _kw("64M", 4, THP, "patch1"),
+    _kw("8M", 1, THP, "patch1"),     # writer only: THPs, coalesced again in ADJUST
     # anonymous 4K: CREATE's first-touch convoy, UPDATE's relax convoy (TLBI per fault,
     # the leader rotating), ADJUST's lock-step walks
     _kw("4M", 8, ANON, "v5.11"),

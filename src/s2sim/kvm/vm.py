@@ -3,7 +3,11 @@
 `user_mem_abort` and the dirty-log switches are generators of Steps like
 the page-table operations, plus a few host-side step kinds the simulator
 charges (lock, unlock, topup, host_touch, fault_base, fault_locked,
-mark_dirty). KVM code never sees time.
+mark_dirty). KVM code never sees time. `host_touch` is the GUP (gfn_to_pfn_prot):
+the driver performs it (sim/hostmm.py: first touch, or the THP host with its
+huge zero page, splits and COWs, which call back into the MMU notifiers here)
+and sends back (writable, PMD-mapped), or None for "writable; PMD-mapped iff
+the slot is THP" (first-touch hosts, the explorer).
 """
 
 from __future__ import annotations
@@ -26,9 +30,11 @@ LOCK, UNLOCK, TOPUP, HOST_TOUCH, FAULT_BASE, FAULT_LOCKED, MARK_DIRTY, DIRTY_LOG
     "dirty_log_setup")
 
 # Fault outcomes.
-MAPPED, SPLIT, COALESCED, RELAXED, SPURIOUS, YOUNG, ENOMEM_RETRY = (
-    "mapped", "split", "coalesced", "relaxed", "spurious", "young", "enomem")
-OUTCOMES = (MAPPED, SPLIT, COALESCED, RELAXED, SPURIOUS, YOUNG, ENOMEM_RETRY)
+# RETRY: mmu_notifier_retry said an invalidation ran (or runs) since the fault read
+# mmu_notifier_seq: nothing mapped, the vCPU re-enters the guest and faults again.
+MAPPED, SPLIT, COALESCED, RELAXED, SPURIOUS, YOUNG, ENOMEM_RETRY, RETRY = (
+    "mapped", "split", "coalesced", "relaxed", "spurious", "young", "enomem", "retry")
+OUTCOMES = (MAPPED, SPLIT, COALESCED, RELAXED, SPURIOUS, YOUNG, ENOMEM_RETRY, RETRY)
 
 
 _LOCK, _UNLOCK, _FAULT_BASE, _FAULT_LOCKED = (Step(LOCK), Step(UNLOCK), Step(FAULT_BASE),
@@ -44,6 +50,10 @@ class Kvm:
         self.pgt = Stage2PageTable(machine, vmid, variant, ttl, host_cpu)
         self.memslots: list[Memslot] = []
         self.min_pages = self.geo.levels - 1  # kvm_mmu_cache_min_pages
+        # MMU notifier state (kvm->mmu_notifier_seq / _count): bumped by the host's
+        # invalidations (sim/hostmm.py), checked by user_mem_abort under mmu_lock
+        self.mmu_notifier_seq = 0
+        self.mmu_notifier_count = 0
 
     def add_memslot(self, base: int, size: int, backing: str, hva_offset: int = 0) -> Memslot:
         geo = self.geo
@@ -96,6 +106,27 @@ class Kvm:
             self.machine.bus.emit(DirtyLog(self.machine.now, cpu, slot.slot_id, False))
         yield from ()  # a generator like every host action, with no step of its own
 
+    # --- MMU notifiers (kvm_mmu_notifier_invalidate_range_start / _end) ---------------
+    def mmu_notifier_invalidate_range_start(self, hva: int, size: int, cpu: int):
+        """The host is about to change [hva, hva+size): under mmu_lock, count the
+        invalidation in progress and unmap the stage-2 range it backs (per leaf:
+        clear, TLBI by IPA, CMO without FWB; emptied tables freed)."""
+        yield _LOCK
+        self.mmu_notifier_count += 1
+        for slot in self.memslots:
+            lo, hi = max(hva, slot.hva), min(hva + size, slot.hva + slot.size)
+            if lo < hi:
+                yield from self.pgt.unmap(slot.base + (lo - slot.hva), hi - lo, cpu)
+        yield _UNLOCK
+
+    def mmu_notifier_invalidate_range_end(self, hva: int, size: int, cpu: int):
+        """The host's change is done: a new sequence number, one invalidation less
+        (v5.11 takes mmu_lock for it)."""
+        yield _LOCK
+        self.mmu_notifier_seq += 1
+        self.mmu_notifier_count -= 1
+        yield _UNLOCK
+
     # --- the fault handler ---------------------------------------------------------
     def handle_fault(self, fault: Fault, mc: Memcache, cpu: int):
         """kvm_handle_guest_abort: an access-flag fault or user_mem_abort. Returns the outcome."""
@@ -111,7 +142,8 @@ class Kvm:
         return (yield from self.user_mem_abort(fault, slot, mc, cpu))
 
     def user_mem_abort(self, fault: Fault, slot: Memslot, mc: Memcache, cpu: int):
-        """v5.11's user_mem_abort, in its order (DOMAIN.md 4)."""
+        """v5.11's user_mem_abort, in its order (DOMAIN.md 4), with the MMU-notifier
+        protocol: mmu_seq read before the GUP, mmu_notifier_retry under the lock."""
         geo, pgt = self.geo, self.pgt
         ipa = fault.ipa
         write = fault.access == WRITE
@@ -123,12 +155,21 @@ class Kvm:
             n = mc.topup(self.min_pages)
             if n:
                 yield Step(TOPUP, pages=n)
+        mmu_seq = self.mmu_notifier_seq  # read before the GUP (the convoy reads it too)
         host_pa, host_size = slot.host_page(ipa)
-        yield Step(HOST_TOUCH, pa=host_pa, size=host_size)
-        writable = not slot.readonly and (write or not slot.logging)
+        # gfn_to_pfn_prot: the driver performs the GUP and sends back (writable, huge),
+        # or None (first-touch hosts: a writable page, PMD-mapped iff the slot is THP)
+        gup = yield Step(HOST_TOUCH, ipa=ipa, pa=host_pa, size=host_size,
+                         note="write" if write else "read")
+        host_writable, host_huge = (True, slot.backing.thp) if gup is None else gup
+        writable = host_writable and not slot.readonly and (write or not slot.logging)
         yield _LOCK
         yield _FAULT_LOCKED
-        size = thp_adjust(slot, ipa, geo, size, force_pte)
+        if self.mmu_notifier_count or self.mmu_notifier_seq != mmu_seq:
+            yield _UNLOCK  # mmu_notifier_retry: the pfn may be stale; fault again
+            return RETRY
+        if host_huge:
+            size = thp_adjust(slot, ipa, geo, size, force_pte)
         base = ipa & ~(size - 1)
         pa = slot.pa_of(base)
         if self.variant.cmo == CMO_FAULT and not perm and not self.machine.fwb:

@@ -177,6 +177,12 @@ class Convoy:
 
         saved.append((h, "touch", h.__dict__.get("touch")))
         h.touch = touch
+
+        def host_change(what):
+            conv.log.append(("hm", what))
+
+        saved.append((h, "on_change", h.__dict__.get("on_change")))
+        h.on_change = host_change
         rs = _RecordingSet(self.slot.dirty)
         rs.conv = self
         saved.append((self.slot, "dirty", self.slot.dirty))
@@ -303,7 +309,12 @@ class Convoy:
         agents = []
         lo = hi = 0
         geom = None
+        kvm = self.kvm
+        if kvm.mmu_notifier_count:
+            raise _NoJump("an MMU notifier invalidation in progress")
         for v in self.vcpus:
+            if v.in_gup:
+                raise _NoJump("a THP GUP in progress")
             gen = v.agent.gen
             if gen.gi_frame is None or v.seg != si:
                 raise _NoJump("agent finished, not started or in another segment")
@@ -322,9 +333,11 @@ class Convoy:
                 if rel % stride:
                     raise _NoJump("line 317")
                 lo, hi = min(lo, rel // stride), max(hi, rel // stride)
+                seq = _mmu_seq(v.kvm_gen)
                 fr = (f.kind, f.level, f.access, rel, v.fault_t0 - t,
                       v.agent.lock_waited - v.fault_waited0,
-                      _chain(v.kvm_gen) if v.kvm_gen is not None else None)
+                      _chain(v.kvm_gen) if v.kvm_gen is not None else None,
+                      v.gup, None if seq is None else seq - kvm.mmu_notifier_seq)
             agents.append((_chain(gen), pos, fr, v.segments[si][3], len(v.mc.pages)))
         lo -= MARGIN
         hi += MARGIN
@@ -458,8 +471,11 @@ class Convoy:
         seen_pa = -1
         dirty = self.slot.dirty
         for y in range(first, lastp + 1, stride):
-            hpa = slot.host_page(y)[0]
             dy = (y & ~(geo.granule_size - 1)) in dirty
+            if host.thp:  # THP: what a GUP would find (region state, own 4K page)
+                hs.append((host.token(y), dy))
+                continue
+            hpa = slot.host_page(y)[0]
             if hpa == seen_pa:
                 hs.append(dy)
                 continue
@@ -480,6 +496,8 @@ class Convoy:
             "mc": tuple(self.machine.counts.values()),
             "mem": (self.machine.mem.allocated, self.machine.mem.freed),
             "host": self.host.bytes_zeroed,
+            "hostc": tuple(sorted(self.host.counts.items())),
+            "seq": (self.kvm.mmu_notifier_seq, self.kvm.mmu_notifier_count),
             "tlb": tuple((t.hits, t.misses, t.conflicts, t.evictions) for t in self.machine.tlbs),
             "tsz": tuple((len(t._order), len(t._worder)) for t in self.machine.tlbs),
             "v": tuple((v.accesses, v.walks, v.faults, v.conflicts, v.agent.lock_waited,
@@ -500,6 +518,8 @@ class Convoy:
         c0, c1 = b0.counters, b.counters
         if c0["mem"] != c1["mem"]:
             raise _NoJump("line 493")                        # table pages allocated or freed
+        if c0["hostc"] != c1["hostc"] or c0["seq"] != c1["seq"]:
+            raise _NoJump("host THP state or MMU notifier changed")
         log = self.log[b0.log_at:b.log_at]
         # how many periods fit: the window must stay in the region and the segment
         room = min(win["rbase"] + win["rsize"], win["seg_end"]) - 1 - win["last"]
@@ -581,6 +601,8 @@ class Convoy:
                 touches.append(e)
             elif kind == "d":
                 dirty.append(e[1])
+            elif kind == "hm":
+                raise _NoJump("host THP state changed")
             else:
                 raise _NoJump("line 539")
         shift = geo.shifts[level]
@@ -702,6 +724,13 @@ class Convoy:
                             bad = min(bad, j << sh)
         # host pages and dirty bits
         host = self.host
+        if host.thp:
+            ftok = host.token(far)
+            st = win["stride"]
+            for y in range(far + st, min(a1, bad - 1) + 1, st):
+                if host.token(y) != ftok:
+                    bad = min(bad, y & ~(geo.granule_size - 1))
+                    break
         fpa = slot.host_page(far)[0]
         fr = host.ready.get(fpa)
         fstate = None if fr is None else (fr > t)
@@ -830,13 +859,19 @@ class Convoy:
         if step is None or step.kind not in (vm.LOCK, vm.HOST_TOUCH):
             raise _NoJump("line 780")
         want = _chain(v.kvm_gen)
+        seq = _mmu_seq(v.kvm_gen)
+        if seq is not None and seq != self.kvm.mmu_notifier_seq:
+            raise _NoJump("a stale mmu_seq in flight")  # (the rebuilt one reads the new one)
         gen = self.kvm.handle_fault(nf, v.mc, v.cpu)
+        val = None
         for _ in range(8):
-            s = gen.send(None)
+            s = gen.send(val)
             if s.kind == step.kind and _chain(gen) == want:
                 return gen, s
             if s.kind == vm.LOCK:
                 break
+            # past the GUP: the result the driver sent the old one (the vCPU's last)
+            val = v.gup if s.kind == vm.HOST_TOUCH else None
         raise _NoJump("line 789")
 
     def _replay_writes(self, win: dict, plan: dict, m: int, dp: int) -> None:
@@ -959,6 +994,19 @@ class Convoy:
                 leaf[lvl][k] = dsc
 
 
+def _mmu_seq(gen):
+    """The mmu_notifier_seq a suspended fault handler read before its GUP, or None."""
+    g = gen
+    while type(g) is GeneratorType:
+        fr = g.gi_frame
+        if fr is None:
+            return None
+        if "mmu_seq" in fr.f_locals:
+            return fr.f_locals["mmu_seq"]
+        g = g.gi_yieldfrom
+    return None
+
+
 def _heapkey(e):
     return (e[0], e[1], e[2])
 
@@ -966,4 +1014,4 @@ def _heapkey(e):
 _METRIC_INTS = ("dsb", "cmo_bytes", "cmo_ops", "writes", "hw_writes", "pages_alloc",
                 "pages_freed", "teardown_entries", "accesses", "walks", "host_bytes_zeroed",
                 "windows", "window_total", "fault_ns_total")
-_METRIC_COUNTERS = ("faults_by_kind", "faults_by_level", "outcomes", "tlbi")
+_METRIC_COUNTERS = ("faults_by_kind", "faults_by_level", "outcomes", "tlbi", "host_thp")

@@ -76,3 +76,18 @@ class StageMark(Event):
     cpu: int
     name: str
     begin: bool
+
+
+@register
+@dataclass(slots=True)
+class HostMm(Event):
+    """The host's THP memory changed (sim/hostmm.py): `what` is one of huge_zero_maps,
+    thp_allocs, thp_alloc_races_lost, pmd_splits, cows, cow_races_lost,
+    notifier_invalidations; [pa, pa+size) the host range concerned."""
+
+    kind: ClassVar[str] = "host_mm"
+    time: int
+    cpu: int
+    what: str
+    pa: int
+    size: int

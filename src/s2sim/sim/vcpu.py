@@ -23,7 +23,10 @@ from s2sim.kvm.memcache import Memcache
 from s2sim.kvm.steps import INVISIBLE
 from s2sim.sim.costs import CostModel
 from s2sim.sim.engine import Acquire, Engine, Lock, Release, SimError
-from s2sim.sim.events import FaultHandled, FaultTaken, GuestAccesses, HostTouch
+from s2sim.sim.events import FaultHandled, FaultTaken, GuestAccesses
+from s2sim.sim.hostmm import HostMemory
+
+__all__ = ["HostMemory", "Livelock", "Vcpu", "drive"]
 
 # A segment of an access stream: accesses at start + k*stride, k < count.
 Segment = tuple[int, int, int, int]  # (start, stride, count, access)
@@ -34,30 +37,6 @@ class Livelock(SimError):
 
 
 LIVELOCK_FAULTS = 64
-
-
-class HostMemory:
-    """Host pages of guest memory: allocated and zeroed on first touch, once.
-
-    A second toucher while the first is still zeroing waits for it (the
-    host's page lock / hugetlb fault mutex).
-    """
-
-    def __init__(self, costs: CostModel, machine: Machine) -> None:
-        self.costs, self.machine = costs, machine
-        self.ready: dict[int, int] = {}
-        self.bytes_zeroed = 0
-
-    def touch(self, pa: int, size: int, now: int, cpu: int) -> int:
-        t = self.ready.get(pa)
-        if t is None:
-            ns = self.costs.zero_ns(size)
-            self.ready[pa] = now + ns
-            self.bytes_zeroed += size
-            if self.machine.bus.on:
-                self.machine.bus.emit(HostTouch(now, cpu, pa, size))
-            return ns
-        return max(0, t - now)
 
 
 class Vcpu:
@@ -84,6 +63,8 @@ class Vcpu:
         self.step = None                      # the step it yielded last
         self.fault_t0 = self.fault_waited0 = 0
         self.ff = None               # the convoy controller, when fast-forward is on
+        self.gup = None              # the last GUP's result sent to KVM ((writable, huge))
+        self.in_gup = False          # a THP GUP (sim/hostmm.py) is under way
 
     def run(self, segments: list[Segment]) -> Generator:
         """The agent body: every segment's accesses, in order."""
@@ -196,14 +177,16 @@ class Vcpu:
         charging as `drive`."""
         costs, lock, host, cpu = self.costs, self.lock, self.host, self.cpu
         step_ns = costs.step_ns
+        val = None
         while True:
             try:
-                s = self.kvm_gen.send(None)
+                s = self.kvm_gen.send(val)
             except StopIteration as e:
                 if pending:
                     yield pending
                 return e.value
             self.step = s
+            val = None
             k = s.kind
             if k in INVISIBLE:
                 pending += step_ns(s)
@@ -224,10 +207,15 @@ class Vcpu:
                 if pending:
                     yield pending
                     pending = 0
-                s = self.step
-                ns = host.touch(s.pa, s.size, host.machine.now, cpu)
-                if ns:
-                    yield ns
+                s = self.step  # (re-read: the fast-forward may have relabelled the fault)
+                if host.thp:
+                    self.in_gup = True
+                    val = self.gup = yield from host.gup(s.ipa, s.note == "write", cpu)
+                    self.in_gup = False
+                else:
+                    ns = host.touch(s.pa, s.size, host.machine.now, cpu)
+                    if ns:
+                        yield ns
             else:
                 ns = pending + step_ns(s)
                 pending = 0
@@ -252,6 +240,7 @@ def drive(gen: Generator, costs: CostModel, lock: Lock, host: HostMemory | None,
             if pending:
                 yield pending
             return e.value
+        value = None
         k = s.kind
         if k in INVISIBLE:
             pending += step_ns(s)
@@ -270,6 +259,9 @@ def drive(gen: Generator, costs: CostModel, lock: Lock, host: HostMemory | None,
             if pending:
                 yield pending
                 pending = 0
+            if host.thp:
+                value = yield from host.gup(s.ipa, s.note == "write", cpu)
+                continue
             ns = host.touch(s.pa, s.size, host.machine.now, cpu)
             if ns:
                 yield ns
