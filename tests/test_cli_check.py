@@ -69,7 +69,7 @@ def test_correct_variants_hold_on_calibration_workloads(capsys, tmp_path, wl, v)
         # writer splits it (MMU notifier: stage-2 unmap, TLBI) and COWs; ADJUST then maps
         # 4K pages (sim/hostmm.py): the checker saw the notifier path instead
         create = res["stages"][0]
-        assert create["host_thp"]["pmd_splits"] > 0 and create["mmu_notifier_retries"] > 0
+        assert create["host_mm"]["pmd_splits"] > 0 and create["mmu_notifier_retries"] > 0
     elif wl != "anonymous-4K":  # the checker did see blocks coalesced after dirty logging
         adjust = res["stages"][-1]
         assert adjust["name"] == "KVM_ADJUST_MAPPINGS"

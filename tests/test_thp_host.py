@@ -204,13 +204,13 @@ def test_pagetable_test_split_regions_adjust_maps_4k_without_coalescing(variant)
     r = run_pagetable_test(Cfg.make(size="8M", vcpus=2, backing="anonymous_thp",
                                     variant=variant))
     st = _stages(r)
-    c = st[CREATE]["host_thp"]
+    c = st[CREATE]["host_mm"]
     assert c["huge_zero_maps"] == 4 and c["pmd_splits"] == 4 and c["cows"] == 4
     assert c["thp_allocs"] == 0 and c["thp_alloc_races_lost"] >= 1
     assert c["notifier_invalidations"] == 8
     assert st[CREATE]["mmu_notifier_retries"] == st[CREATE]["outcomes"]["retry"] > 0
     for s in (UPDATE, ADJUST):
-        assert st[s]["host_thp"] == dict.fromkeys(c, 0)
+        assert st[s]["host_mm"] == dict.fromkeys(c, 0)
     a = st[ADJUST]["outcomes"]
     # split regions: pages 1..255 of each region mapped one by one (page 0 and the
     # second half were mapped in UPDATE), never a block
@@ -222,8 +222,8 @@ def test_one_vcpu_writer_only_keeps_thp_blocks():
     r = run_pagetable_test(Cfg.make(size="8M", vcpus=1, backing="anonymous_thp",
                                     variant="patch1"))
     st = _stages(r)
-    assert st[CREATE]["host_thp"]["thp_allocs"] == 4
-    assert st[CREATE]["host_thp"]["huge_zero_maps"] == 0
+    assert st[CREATE]["host_mm"]["thp_allocs"] == 4
+    assert st[CREATE]["host_mm"]["huge_zero_maps"] == 0
     assert st[ADJUST]["outcomes"].get("coalesced") == 4
 
 
@@ -235,11 +235,33 @@ def test_check_holds_on_a_small_thp_run(variant):
     assert not r["aborted"]
     d = chk.to_dict()
     assert d["total"] == 0, d["violations"][:2]
-    assert _stages(r)[CREATE]["host_thp"]["pmd_splits"] > 0
+    assert _stages(r)[CREATE]["host_mm"]["pmd_splits"] > 0
 
 
-def test_non_thp_backings_have_no_host_thp_events():
+def test_hugetlb_has_no_host_mm_events():
     r = run_pagetable_test(Cfg.make(size="4M", vcpus=2, backing="anonymous_hugetlb_2mb",
                                     variant="patch1"))
     for s in r["stages"]:
-        assert set(s["host_thp"].values()) == {0} and s["mmu_notifier_retries"] == 0
+        assert set(s["host_mm"].values()) == {0} and s["mmu_notifier_retries"] == 0
+
+
+def test_anonymous_4k_zero_page_then_cow():
+    # 1 vCPU (a writer): every page allocated and zeroed by its write GUP, no zero page.
+    r = run_pagetable_test(Cfg.make(size="2M", vcpus=1, backing="anonymous", variant="patch1"))
+    c = _stages(r)[CREATE]["host_mm"]
+    assert c["page_allocs"] == 512 and c["zero_page_maps"] == 0 and c["cows"] == 0
+    assert c["notifier_invalidations"] == 0
+    # 2 vCPUs, vCPU 1 reads: a page it reaches first gets the zero page, mapped
+    # read-only; vCPU 0's write then COWs it, with an MMU-notifier unmap.
+    r = run_pagetable_test(Cfg.make(size="2M", vcpus=2, backing="anonymous", variant="patch1"))
+    st = _stages(r)
+    c = st[CREATE]["host_mm"]
+    assert c["zero_page_maps"] > 0
+    assert c["page_allocs"] + c["cows"] == 512          # every page ends up the task's own
+    assert c["cows"] == c["zero_page_maps"]             # each zero page was written later
+    assert c["notifier_invalidations"] >= c["cows"]
+    # pages the guest can see: the installed ones (discarded copies are not counted)
+    assert st[CREATE]["host_bytes_zeroed"] == 4096 * (c["page_allocs"] + c["cows"])
+    # UPDATE writes every (own) page: no host events, no retries
+    assert set(st[UPDATE]["host_mm"].values()) == {0}
+    assert st[UPDATE]["mmu_notifier_retries"] == 0

@@ -472,7 +472,7 @@ class Convoy:
         dirty = self.slot.dirty
         for y in range(first, lastp + 1, stride):
             dy = (y & ~(geo.granule_size - 1)) in dirty
-            if host.thp:  # THP: what a GUP would find (region state, own 4K page)
+            if host.mm:  # GUP model: what a GUP would find (region state, own 4K page)
                 hs.append((host.token(y), dy))
                 continue
             hpa = slot.host_page(y)[0]
@@ -724,7 +724,7 @@ class Convoy:
                             bad = min(bad, j << sh)
         # host pages and dirty bits
         host = self.host
-        if host.thp:
+        if host.mm:
             ftok = host.token(far)
             st = win["stride"]
             for y in range(far + st, min(a1, bad - 1) + 1, st):
@@ -1014,4 +1014,4 @@ def _heapkey(e):
 _METRIC_INTS = ("dsb", "cmo_bytes", "cmo_ops", "writes", "hw_writes", "pages_alloc",
                 "pages_freed", "teardown_entries", "accesses", "walks", "host_bytes_zeroed",
                 "windows", "window_total", "fault_ns_total")
-_METRIC_COUNTERS = ("faults_by_kind", "faults_by_level", "outcomes", "tlbi", "host_thp")
+_METRIC_COUNTERS = ("faults_by_kind", "faults_by_level", "outcomes", "tlbi", "host_mm")

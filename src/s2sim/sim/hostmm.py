@@ -2,10 +2,20 @@
 
 Two behaviours:
 
-* hugetlb and anonymous 4 KiB backings (`touch`): a host page is allocated and
+* hugetlb and shmem backings (`touch`): a host page is allocated and
   zeroed on first touch, once; a second toucher while the first is still
   zeroing waits for it (the page lock / hugetlb fault mutex). Read and write
   GUPs alike get a writable page.
+
+* anonymous 4 KiB (`gup`, per 4 KiB page, as a split THP region's pages):
+  none -> a *read* GUP maps the kernel's **4 KiB zero page** (read-only, no
+  zeroing: a host fault's fixed cost), a *write* GUP allocates and zeroes a
+  page and installs it if the PTE is still empty (else "race lost": freed,
+  and the fault goes on as below); zero page -> a write **COWs** it (alloc +
+  zero 4 KiB, MMU-notifier pair over the 4 KiB, whose unmap and
+  mmu_notifier_retry make the faulting vCPUs fault again); own page ->
+  writable. This is why kvm_page_table_test's CREATE (odd vCPUs read, even
+  ones write) costs more than its UPDATE at 50 vCPUs.
 
 * anonymous THP (`gup`), after Linux 5.11's mm, per 2 MiB (PMD) region:
 
@@ -51,11 +61,14 @@ from s2sim.sim.events import HostMm, HostTouch
 
 # THP region states
 HZP, THP, SPLIT = "hzp", "thp", "split"
+PTE = "pte"  # anonymous 4K: per page none / zero page / own page (two bitmasks)
 # HostMm event / counter names
 HUGE_ZERO, THP_ALLOC, THP_RACE_LOST, PMD_SPLIT, COW, COW_RACE_LOST, NOTIFIER = (
     "huge_zero_maps", "thp_allocs", "thp_alloc_races_lost", "pmd_splits", "cows",
     "cow_races_lost", "notifier_invalidations")
-THP_EVENTS = (HUGE_ZERO, THP_ALLOC, THP_RACE_LOST, PMD_SPLIT, COW, COW_RACE_LOST, NOTIFIER)
+ZERO_MAP, PAGE_ALLOC, PAGE_RACE_LOST = "zero_page_maps", "page_allocs", "page_alloc_races_lost"
+HOST_EVENTS = (HUGE_ZERO, THP_ALLOC, THP_RACE_LOST, PMD_SPLIT, ZERO_MAP, PAGE_ALLOC,
+               PAGE_RACE_LOST, COW, COW_RACE_LOST, NOTIFIER)
 
 
 class HostMemory:
@@ -70,11 +83,15 @@ class HostMemory:
         self.ready: dict[int, int] = {}
         self.bytes_zeroed = 0
         self.thp = slot is not None and slot.backing.thp
-        # region PA -> [state, bitmask of own 4 KiB pages (split regions)]
+        # the GUP model (`gup`): THP, and private anonymous 4K memory (zero page, COW)
+        self.mm = self.thp or (slot is not None and slot.backing.name == "anonymous"
+                               and slot.backing.page_size == machine.geo.granule_size)
+        # region PA -> [state, bitmask of own 4 KiB pages (split / PTE regions),
+        #               bitmask of zero-page 4 KiB pages (PTE regions)]
         self.regions: dict[int, list] = {}
         self.counts: Counter = Counter()
-        if self.thp:
-            self.pmd = slot.backing.page_size
+        if self.mm:
+            self.pmd = machine.geo.level_size(2)
             self.granule = machine.geo.granule_size
 
     # --- hugetlb, anonymous 4K: first touch ------------------------------------------
@@ -99,6 +116,9 @@ class HostMemory:
             return None
         if r[0] is SPLIT:
             return (SPLIT, (r[1] >> ((off & (self.pmd - 1)) // self.granule)) & 1)
+        if r[0] is PTE:
+            i = (off & (self.pmd - 1)) // self.granule
+            return (PTE, (r[1] >> i) & 1, (r[2] >> i) & 1)
         return r[0]
 
     def _note(self, what: str, pa: int, size: int, cpu: int) -> None:
@@ -109,7 +129,7 @@ class HostMemory:
             self.machine.bus.emit(HostMm(self.machine.now, cpu, what, pa, size))
 
     def gup(self, ipa: int, write: bool, cpu: int) -> Generator:
-        """hva_to_pfn for a THP slot, as an agent body fragment (yields ns, Acquire,
+        """hva_to_pfn for a THP or anonymous 4K slot, as an agent body fragment (yields ns, Acquire,
         Release through `drive`). Returns (writable, huge): huge = PMD-mapped (a THP or
         the huge zero page), which transparent_hugepage_adjust may map as a block."""
         from s2sim.sim.vcpu import drive  # (vcpu imports this module)
@@ -121,9 +141,33 @@ class HostMemory:
         bit = 1 << ((off & (pmd - 1)) // g)
         page_pa = slot.pa + (off & ~(g - 1))
         regions = self.regions
+        thp = self.thp
         while True:
             r = regions.get(rpa)
-            if r is None:
+            if not thp:
+                if r is None:
+                    r = regions[rpa] = [PTE, 0, 0]
+                if not (r[1] | r[2]) & bit:
+                    if not write:
+                        # do_anonymous_page, read: the PTE gets the 4 KiB zero page
+                        if costs.host_fault:
+                            yield costs.host_fault
+                        if not (r[1] | r[2]) & bit:
+                            r[2] |= bit
+                            self._note(ZERO_MAP, page_pa, g, cpu)
+                        continue
+                    # write: allocate and clear a page, install it if the PTE is still empty
+                    yield costs.zero_ns(g)
+                    self.bytes_zeroed += g
+                    if not (r[1] | r[2]) & bit:
+                        r[1] |= bit
+                        if machine.bus.on:
+                            machine.bus.emit(HostTouch(machine.now, cpu, page_pa, g))
+                        self._note(PAGE_ALLOC, page_pa, g, cpu)
+                        return True, False
+                    self._note(PAGE_RACE_LOST, page_pa, g, cpu)  # freed; the zero page won
+                    continue
+            elif r is None:
                 if not write:
                     # do_huge_pmd_anonymous_page, read: the huge zero page
                     if costs.host_fault:
@@ -162,7 +206,7 @@ class HostMemory:
                 yield from drive(kvm.mmu_notifier_invalidate_range_end(hva, pmd, cpu),
                                  costs, self.lock, None, cpu)
                 continue
-            # split: the zero page or our own page
+            # split (or PTE region): the zero page or our own page
             if r[1] & bit:
                 return True, False
             if not write:
@@ -178,6 +222,8 @@ class HostMemory:
                 self._note(COW_RACE_LOST, page_pa, g, cpu)
             else:
                 r[1] |= bit
+                if len(r) > 2:
+                    r[2] &= ~bit  # (PTE region: no longer the zero page)
                 if machine.bus.on:
                     machine.bus.emit(HostTouch(machine.now, cpu, page_pa, g))
                 self._note(COW, page_pa, g, cpu)

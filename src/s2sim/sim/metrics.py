@@ -13,7 +13,7 @@ from collections import Counter
 from s2sim.arch import events as ev
 from s2sim.kvm.steps import Teardown
 from s2sim.sim.events import FaultHandled, FaultTaken, GuestAccesses, HostMm, HostTouch
-from s2sim.sim.hostmm import COW_RACE_LOST, THP_EVENTS, THP_RACE_LOST
+from s2sim.sim.hostmm import COW_RACE_LOST, HOST_EVENTS, THP_RACE_LOST
 
 KINDS = ("guest_accesses", "desc_write", "fault_taken", "fault_handled", "tlbi", "dsb", "cmo",
          "page_alloc", "page_free", "teardown", "host_touch", "host_mm")
@@ -39,7 +39,7 @@ class StageMetrics:
         self.accesses = 0
         self.walks = 0
         self.host_bytes_zeroed = 0
-        self.host_thp: Counter = Counter()
+        self.host_mm: Counter = Counter()
         self.windows = 0
         self.window_total = 0
         self.window_max = 0
@@ -73,7 +73,7 @@ class StageMetrics:
             "guest_accesses": self.accesses,
             "walks": self.walks,
             "host_bytes_zeroed": self.host_bytes_zeroed,
-            "host_thp": {k: self.host_thp.get(k, 0) for k in THP_EVENTS},
+            "host_mm": {k: self.host_mm.get(k, 0) for k in HOST_EVENTS},
             "mmu_notifier_retries": self.outcomes.get("retry", 0),
             "fault_ns_mean": (self.fault_ns_total // faults) if faults else 0,
             "lock_acquisitions": self.lock.get("acquisitions", 0),
@@ -147,6 +147,6 @@ class Metrics:
         elif t is HostTouch:
             m.host_bytes_zeroed += e.size
         elif t is HostMm:
-            m.host_thp[e.what] += 1
+            m.host_mm[e.what] += 1
             if e.what in (THP_RACE_LOST, COW_RACE_LOST):
                 m.host_bytes_zeroed += e.size  # zeroed in a frame then discarded

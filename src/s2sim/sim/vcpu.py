@@ -208,7 +208,7 @@ class Vcpu:
                     yield pending
                     pending = 0
                 s = self.step  # (re-read: the fast-forward may have relabelled the fault)
-                if host.thp:
+                if host.mm:
                     self.in_gup = True
                     val = self.gup = yield from host.gup(s.ipa, s.note == "write", cpu)
                     self.in_gup = False
@@ -259,7 +259,7 @@ def drive(gen: Generator, costs: CostModel, lock: Lock, host: HostMemory | None,
             if pending:
                 yield pending
                 pending = 0
-            if host.thp:
+            if host.mm:
                 value = yield from host.gup(s.ipa, s.note == "write", cpu)
                 continue
             ns = host.touch(s.pa, s.size, host.machine.now, cpu)
