@@ -142,3 +142,38 @@ def test_calibrate_bad_input(capsys, tmp_path):
     assert code == 2 and "cannot be read" in err and "Traceback" not in err
     code, _, err = run_cli(capsys, ["reproduce", "--data", MINI, "--platform", "nope"])
     assert code == 2 and "platform 'nope' is unknown" in err
+
+
+def test_scaled_and_parallel_simulation():
+    from s2sim.sim.calibrate import simulate_all, sim_size
+    d = load_calibration(MINI)
+    prof = load_profile("kunpeng920")
+    fits1, res1 = simulate_all(d, prof)
+    fits2, res2 = simulate_all(d, prof, jobs=2)
+    assert [(f.run, f.stage, f.simulated) for f in fits1] == \
+        [(f.run, f.stage, f.simulated) for f in fits2]  # processes change nothing
+    assert [r["stages"] for r in res1] == [r["stages"] for r in res2]
+    # at 1/2 size: half the 2M pages, and stage times scaled back up by exactly 2
+    assert [sim_size(r, d.mode, 2) for r in d.runs] == [8 << 20] * 3
+    assert sim_size(d.runs[0], d.mode, 1000) == 2 << 20  # never below one large page
+    fits_h, res_h = simulate_all(d, prof, scale=2)
+    by_run = {run.id: res for run, res in zip(d.runs, res_h)}
+    for f in fits_h:
+        st = {s["name"]: s["seconds"] for s in by_run[f.run]["stages"]}
+        assert f.simulated == pytest.approx(2 * st[f.stage])
+        assert by_run[f.run]["config"]["size"] == 8 << 20
+    # linear in size: the half-size estimate is the full-size figure within 10%
+    for a, b in zip(fits1, fits_h):
+        assert b.simulated == pytest.approx(a.simulated, rel=0.10)
+
+
+def test_reproduce_scale_in_json(capsys, tmp_path):
+    out_json = tmp_path / "rep.json"
+    code, out, _ = run_cli(capsys, ["reproduce", "--data", MINI, "--scale", "2", "--jobs", "1",
+                                    "--json", str(out_json)])
+    assert code == 0 and "1/2 size" in out
+    rep = json.loads(out_json.read_text())
+    assert rep["scale"] == 2
+    assert all(r["simulated_size"] * 2 == r["size"] for r in rep["runs"])
+    code, _, err = run_cli(capsys, ["reproduce", "--data", MINI, "--scale", "0"])
+    assert code == 2 and "--scale 0" in err

@@ -368,7 +368,9 @@ def reproduce(data: str | None = typer.Option(None, "--data", help="calibration 
               json_path: str | None = typer.Option(None, "--json", help="write JSON here"),
               plot_path: str | None = typer.Option(None, "--plot", help="write a PNG bar "
                                                       "chart here"),
-              jobs: int = typer.Option(0, help="simulations in parallel (0: one per CPU)")
+              jobs: int = typer.Option(0, help="simulations in parallel (0: one per CPU)"),
+              scale: int = typer.Option(1, help="simulate each run at 1/SCALE of its size and "
+                                        "scale the stage times up (they are linear in size)")
               ) -> None:
     """Run every calibration configuration with a profile: published vs simulated, and why."""
     import os
@@ -383,12 +385,13 @@ def reproduce(data: str | None = typer.Option(None, "--data", help="calibration 
     prof = load_profile(platform)
     _check_json_path(json_path)
     _check_json_path(plot_path)
-    if jobs < 0:
-        raise ConfigError(f"--jobs {jobs} must be at least 0")
-    _, results = simulate_all(d, prof, 1, jobs or os.cpu_count() or 1)
-    rep = rp.build(d, results)
+    if jobs < 0 or scale < 1:
+        raise ConfigError(f"--jobs {jobs}, --scale {scale}: jobs must be at least 0, scale "
+                          "at least 1")
+    fits, results = simulate_all(d, prof, scale, jobs or os.cpu_count() or 1)
+    rep = rp.build(d, results, fits, scale)
     rep["profile"] = prof.to_dict()
-    rp.print_reproduce(rep, prof.name)
+    rp.print_reproduce(rep, prof.name + (f", runs at 1/{scale} size" if scale > 1 else ""))
     if json_path:
         write_json_atomic(json_path, rep)
     if plot_path:
@@ -418,9 +421,10 @@ def calibrate(data: str = typer.Argument(..., help="calibration TOML (published 
     _check_json_path(platform_out)
 
     def progress(n, x, fits):
-        if sys.stderr.isatty():
-            worst = max(abs(f.relative_error) for f in fits)
-            print(f"s2sim: evaluation {n}: worst stage error {worst:.1%}", file=sys.stderr)
+        worst = max(abs(f.relative_error) for f in fits)
+        rms = (sum(f.relative_error ** 2 for f in fits) / len(fits)) ** 0.5
+        print(f"s2sim: evaluation {n}: rms {rms:.1%}, worst {worst:.1%} at "
+              + " ".join(f"{k}={v:.4g}" for k, v in zip(FREE, x)), file=sys.stderr, flush=True)
 
     if scale < 1 or max_evals < 1 or jobs < 0:
         raise ConfigError(f"--scale {scale}, --max-evals {max_evals}, --jobs {jobs}: scale and "

@@ -34,8 +34,13 @@ def mechanism(stage: dict, cfg: dict, other: dict | None = None) -> str:
     return "; ".join(parts)
 
 
-def build(data, results: list[dict]) -> dict:
-    """The reproduce JSON: runs, each with id and stages (published, simulated, error)."""
+def build(data, results: list[dict], fits: list | None = None, scale: int = 1) -> dict:
+    """The reproduce JSON: runs, each with id and stages (published, simulated, error).
+
+    With `scale` > 1 the results are of runs at 1/scale size: `simulated_seconds`
+    is the scaled-up figure (`fits`), the mechanism and counts are the simulated run's.
+    """
+    scaled = {(f.run, f.stage): f.simulated for f in fits or ()}
     by_key = {}
     for run, res in zip(data.runs, results):
         by_key.setdefault((run.backing, run.size, run.vcpus), []).append((run, res))
@@ -51,7 +56,7 @@ def build(data, results: list[dict]) -> dict:
                 o = dict({s["name"]: s for s in peers[0][1]["stages"]}[name])
                 o["_variant"] = peers[0][0].variant
                 other = o
-            sim = st["seconds"]
+            sim = scaled.get((run.id, name), st["seconds"])
             rows.append({"name": name, "published_seconds": pub, "simulated_seconds": sim,
                          "relative_error": (sim - pub) / pub,
                          "mechanism": mechanism(st, res["config"], other),
@@ -62,9 +67,10 @@ def build(data, results: list[dict]) -> dict:
                                                        "host_bytes_zeroed")},
                          "outcomes": st["outcomes"]})
         out.append({"id": run.id, "variant": run.variant, "backing": run.backing,
-                    "size": run.size, "vcpus": run.vcpus, "stages": rows,
+                    "size": run.size, "simulated_size": res["config"]["size"],
+                    "vcpus": run.vcpus, "stages": rows,
                     "wall_seconds": res["wall_seconds"]})
-    return {"data": data.path, "data_sha256": data.sha256, "runs": out}
+    return {"data": data.path, "data_sha256": data.sha256, "scale": scale, "runs": out}
 
 
 def print_reproduce(rep: dict, profile_name: str) -> None:
