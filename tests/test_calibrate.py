@@ -14,6 +14,7 @@ import pytest
 
 from s2sim.cli import main
 from s2sim.errors import ConfigError
+from s2sim.report.reproduce import HOST_WORDS
 from s2sim.sim.calibrate import FREE, calibrate, profile_toml
 from s2sim.sim.profile import load_profile, parse_profile
 from s2sim.workloads.calibration import load_calibration
@@ -90,6 +91,11 @@ def test_reproduce_json_and_mechanism_lines_agree_with_counts(capsys, tmp_path):
                 assert f"mmu_lock contended {c['lock_contended']} times" in m
             if c["invalid_windows"]:
                 assert f"{c['invalid_windows']} invalid windows" in m
+            for k, v in s["host_mm"].items():
+                if v and k in HOST_WORDS:
+                    assert f"{v} {HOST_WORDS[k]}" in m
+            if c["mmu_notifier_retries"]:
+                assert f"{c['mmu_notifier_retries']} faults retried" in m
             # each mechanism line is printed too
             assert f"{r['id']} {s['name']}: {m}" in out
 
@@ -154,14 +160,15 @@ def test_scaled_and_parallel_simulation():
         [(f.run, f.stage, f.simulated) for f in fits2]  # processes change nothing
     assert [r["stages"] for r in res1] == [r["stages"] for r in res2]
     # at 1/2 size: half the 2M pages, and stage times scaled back up by exactly 2
-    assert [sim_size(r, d.mode, 2) for r in d.runs] == [8 << 20] * 3
+    assert [sim_size(r, d.mode, 2) for r in d.runs] == [8 << 20] * 3 + [512 << 10]
     assert sim_size(d.runs[0], d.mode, 1000) == 2 << 20  # never below one large page
     fits_h, res_h = simulate_all(d, prof, scale=2)
     by_run = {run.id: res for run, res in zip(d.runs, res_h)}
     for f in fits_h:
         st = {s["name"]: s["seconds"] for s in by_run[f.run]["stages"]}
         assert f.simulated == pytest.approx(2 * st[f.stage])
-        assert by_run[f.run]["config"]["size"] == 8 << 20
+        assert by_run[f.run]["config"]["size"] * 2 == next(r.size for r in d.runs
+                                                               if r.id == f.run)
     # linear in size: the half-size estimate is the full-size figure within 10%
     for a, b in zip(fits1, fits_h):
         assert b.simulated == pytest.approx(a.simulated, rel=0.10)

@@ -7,6 +7,12 @@ from s2sim.report.render import console, table
 from s2sim.report.results import fmt_ns
 
 
+HOST_WORDS = {"huge_zero_maps": "huge-zero-page maps", "zero_page_maps": "zero-page maps",
+              "thp_allocs": "THPs allocated", "pmd_splits": "PMD splits",
+              "page_allocs": "pages allocated", "cows": "COWs",
+              "notifier_invalidations": "notifier invalidations (stage-2 unmap under mmu_lock)"}
+
+
 def mechanism(stage: dict, cfg: dict, other: dict | None = None) -> str:
     """One line saying what the stage's time is made of, from its counts only."""
     parts = []
@@ -26,6 +32,13 @@ def mechanism(stage: dict, cfg: dict, other: dict | None = None) -> str:
                      f"{fmt_ns(stage['invalid_window_max_ns'])}")
     if stage["host_bytes_zeroed"]:
         parts.append(f"host zeroed {fmt_size(stage['host_bytes_zeroed'])} on first touch")
+    mm = stage.get("host_mm", {})
+    host = [f"{v} {HOST_WORDS[k]}" for k, v in mm.items() if v and k in HOST_WORDS]
+    if host:
+        parts.append("host: " + ", ".join(host))
+    if stage.get("mmu_notifier_retries"):
+        parts.append(f"{stage['mmu_notifier_retries']} faults retried after an MMU-notifier "
+                     "invalidation")
     if other is not None:
         d = other["spurious_faults"] - stage["spurious_faults"]
         w = other["invalid_window_max_ns"] - stage["invalid_window_max_ns"]
@@ -64,7 +77,9 @@ def build(data, results: list[dict], fits: list | None = None, scale: int = 1) -
                                                        "cmo_ops", "lock_contended",
                                                        "lock_wait_ns", "invalid_windows",
                                                        "invalid_window_max_ns",
-                                                       "host_bytes_zeroed")},
+                                                       "host_bytes_zeroed",
+                                                       "mmu_notifier_retries")},
+                         "host_mm": st["host_mm"],
                          "outcomes": st["outcomes"]})
         out.append({"id": run.id, "variant": run.variant, "backing": run.backing,
                     "size": run.size, "simulated_size": res["config"]["size"],
