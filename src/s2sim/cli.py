@@ -421,9 +421,10 @@ def calibrate(data: str = typer.Argument(..., help="calibration TOML (published 
     _check_json_path(platform_out)
 
     def progress(n, x, fits):
-        worst = max(abs(f.relative_error) for f in fits)
+        w = max(fits, key=lambda f: abs(f.relative_error))
         rms = (sum(f.relative_error ** 2 for f in fits) / len(fits)) ** 0.5
-        print(f"s2sim: evaluation {n}: rms {rms:.1%}, worst {worst:.1%} at "
+        print(f"s2sim: evaluation {n}: rms {rms:.1%}, worst {w.relative_error:+.1%} "
+              f"({w.run} {w.stage.removeprefix('KVM_')}) at "
               + " ".join(f"{k}={v:.4g}" for k, v in zip(FREE, x)), file=sys.stderr, flush=True)
 
     if scale < 1 or max_evals < 1 or jobs < 0:

@@ -39,7 +39,7 @@ class Lock:
     """
 
     def __init__(self, name: str, acquire_ns: int, handoff_ns: int,
-                 per_waiter_ns: int = 0) -> None:
+                 per_waiter_ns: float = 0) -> None:
         self.name, self.acquire_ns, self.handoff_ns = name, acquire_ns, handoff_ns
         self.per_waiter_ns = per_waiter_ns
         self.owner: object | None = None
@@ -153,7 +153,8 @@ class Engine:
                 lock.hold_ns += self.now - lock.since
                 if lock.waiters:
                     nxt, since = lock.waiters.pop(0)
-                    grant = self.now + lock.handoff_ns + lock.per_waiter_ns * len(lock.waiters)
+                    grant = self.now + lock.handoff_ns + int(
+                        lock.per_waiter_ns * len(lock.waiters))
                     waited = grant - since
                     lock.wait_ns += waited
                     lock.max_wait_ns = max(lock.max_wait_ns, waited)

@@ -193,13 +193,15 @@ class HostMemory:
             if st is HZP:
                 if not write:
                     return False, True
-                # do_huge_pmd_wp_page on the huge zero page: split the PMD, fall back
-                if costs.host_fault:
-                    yield costs.host_fault
+                # do_huge_pmd_wp_page on the huge zero page: split the PMD, fall back.
+                # __split_huge_pmd opens the notifier range first, then does the
+                # split's work (512 PTEs) under the PMD lock, then closes the range.
                 hva = slot.hva_of(rpa - slot.pa + slot.base)
                 self._note(NOTIFIER, rpa, pmd, cpu)
                 yield from drive(kvm.mmu_notifier_invalidate_range_start(hva, pmd, cpu),
                                  costs, self.lock, None, cpu)
+                if costs.host_fault:
+                    yield costs.host_fault
                 if r[0] is HZP:
                     r[0] = SPLIT
                     self._note(PMD_SPLIT, rpa, pmd, cpu)

@@ -58,7 +58,7 @@ def run_pagetable_test(cfg: TestConfig, profile: Profile | None = None,
     metrics = Metrics(machine.bus)
     engine = Engine(machine, cfg.tie, cfg.seed)
     lock = Lock("mmu_lock", int(prof.costs["lock_acquire_ns"]),
-                int(prof.costs["lock_handoff_ns"]), int(prof.costs["lock_handoff_per_waiter_ns"]))
+                int(prof.costs["lock_handoff_ns"]), prof.costs["lock_handoff_per_waiter_ns"])
     hostmem = HostMemory(costs, machine, kvm, slot, lock)
     vcpus = [Vcpu(i, machine, kvm, engine, lock, costs, hostmem, cfg.runahead)
              for i in range(cfg.vcpus)]
