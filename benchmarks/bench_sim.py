@@ -58,6 +58,8 @@ def one(spec: dict) -> dict:
         "events_per_s": r["engine_resumptions"] / wall,
         "skipped_faults": stats.get("faults", 0),
         "jumps": stats.get("jumps", 0),
+        "template_jumps": stats.get("template_jumps", 0),
+        "skipped_accesses": stats.get("accesses", 0),
         "stages": {s["name"]: s["seconds"] for s in r["stages"]},
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }

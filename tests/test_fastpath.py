@@ -11,6 +11,7 @@ comparison would prove nothing.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from functools import cache
 
 import pytest
@@ -18,6 +19,7 @@ import pytest
 from s2sim.sim import engine as eng
 from s2sim.sim import hostmm
 from s2sim.sim.convoy import Convoy
+from s2sim.sim.profile import load_profile
 from s2sim.sim.run import run_pagetable_test
 from s2sim.workloads.pagetable_test import TestConfig as Cfg  # (not a pytest class)
 
@@ -44,8 +46,9 @@ def _host_state(host) -> tuple:
 
 
 @cache
-def _run(kw: tuple, ff: bool):
-    """(result, ff stats, machine state after each engine run) for one configuration."""
+def _run(kw: tuple, ff: bool, tlb_capacity: int | None = 0):
+    """(result, ff stats, machine state after each engine run) for one configuration
+    (`tlb_capacity`: the platform's unless non-zero)."""
     states = []
     hosts = []
     orig = eng.Engine.run
@@ -64,17 +67,21 @@ def _run(kw: tuple, ff: bool):
     hostmm.HostMemory.__init__ = init
     try:
         stats: dict = {}
-        r = run_pagetable_test(Cfg.make(fastforward=ff, **dict(kw)), ff_stats=stats)
+        cfg = Cfg.make(fastforward=ff, **dict(kw))
+        prof = None
+        if tlb_capacity != 0:
+            prof = replace(load_profile(cfg.platform), tlb_capacity=tlb_capacity)
+        r = run_pagetable_test(cfg, prof, ff_stats=stats)
     finally:
         eng.Engine.run = orig
         hostmm.HostMemory.__init__ = orig_init
     return r, stats, states
 
 
-def _same(kw: dict) -> dict:
+def _same(kw: dict, tlb_capacity: int | None = 0) -> dict:
     key = tuple(sorted(kw.items()))
-    fast, stats, s_fast = _run(key, True)
-    exact, _, s_exact = _run(key, False)
+    fast, stats, s_fast = _run(key, True, tlb_capacity)
+    exact, _, s_exact = _run(key, False, tlb_capacity)
     assert stats["enabled"]
     for a, b in zip(fast["stages"], exact["stages"], strict=True):
         assert a == b, a["name"]
@@ -130,6 +137,33 @@ def test_fastforward_1g_hugetlb_one_vcpu():
     # jumped over; ADJUST reads the coalesced block
     stats = _same(_kw("1G", 1, H1G, "rfc"))
     assert stats["faults"] > 120_000
+    # after the first table, each one's convoy reuses the period verified in an earlier
+    # table (a template): the fingerprint repeats across the region boundary
+    assert stats["template_jumps"] > 200
+
+
+def test_templates_across_segments():
+    # hugetlb 2M UPDATE: one segment per block (its second half); THP ADJUST: vCPUs
+    # staggered over the read half of each region. Periods verified in one segment or
+    # region are reused in the next; the result stays the exact path's.
+    for kw in (_kw("16M", 4, H2M, "patch1"), _kw("64M", 4, THP, "v5.11")):
+        stats = _same(kw)
+        assert stats.get("template_jumps", 0) > 0, kw
+
+
+@pytest.mark.parametrize("kw", [
+    _kw("16M", 4, H2M, "patch1"),   # UPDATE's convoy: one fill per period and TLB
+    _kw("4M", 3, ANON, "v5.11"),    # UPDATE's relax convoy (a TLBI per fault)
+], ids=lambda kw: f"{kw['backing']}-{kw['size']}-{kw['vcpus']}v-{kw['variant']}")
+def test_fastforward_small_tlbs(kw):
+    # full TLBs: every jump evicts (the oldest entries, in replacement order); the
+    # state must still be the exact path's
+    stats = _same(kw, tlb_capacity=96)
+    assert stats["jumps"] > 0
+
+
+def test_fastforward_unbounded_tlbs():
+    _same(_kw("8M", 3, H2M, "patch1"), tlb_capacity=None)
 
 
 def test_fastforward_misaligned_hva():

@@ -74,8 +74,8 @@ def test_malformed_toml_reports_line():
 
 
 def test_unknown_cost_key_named_with_line():
-    text = SHIPPED + "bogus_ns = 5\n"  # [costs] is the last section
-    n = len(text.splitlines())
+    text = SHIPPED.replace("[costs]\n", "[costs]\nbogus_ns = 5\n")
+    n = _line(text, "bogus_ns")
     msg = _err(text)
     assert "costs.bogus_ns" in msg and f"(line {n})" in msg and "not a known cost" in msg
 

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from itertools import islice, repeat
+from operator import itemgetter
 from types import GeneratorType
 
 import numpy as np
@@ -55,8 +56,10 @@ from s2sim.kvm import vm
 from s2sim.sim.metrics import KINDS
 
 OA = ((1 << 48) - 1)
+OAP = OA & ~0xFFF        # the output-address bits of a page descriptor
 MARGIN = 1               # pages of data beyond the agents' positions in a fingerprint
 HISTORY = 4096           # boundaries remembered when looking for a period
+TEMPLATES = 256          # verified periods kept for reuse in later regions
 IPA_OPS = ("IPAS2E1IS", "IPAS2LE1IS", "RIPAS2E1IS", "RIPAS2LE1IS")
 
 
@@ -130,6 +133,7 @@ class Convoy:
 
     # --- stage control -------------------------------------------------------------
     def begin(self) -> None:
+        self.templates: dict = {}  # fingerprint -> a verified period (see _try_template)
         self.wave = -1
         self.on = True
         self._max_grant = (-1, -1)
@@ -291,12 +295,112 @@ class Convoy:
         self.bounds.append(b)
         self.index[fp] = len(self.bounds) - 1
         if prev is None:
+            tpl = self.templates.get(fp[1:])  # (any segment: positions are relative)
+            if tpl is not None:
+                try:
+                    return self._try_template(v, tpl, b, win)
+                except _NoJump as e:  # nothing moved: the history stays valid
+                    self.why["template: " + str(e)] += 1
             self._trim()
             return 0
         b0 = self.bounds[prev]
         if b0.si != si or b0.stride != stride:
             return 0
-        return self._jump(v, b0, b, win)
+        log = self.log[b0.log_at:b.log_at]
+        r = self._jump(v, b0, b, win)
+        if len(self.templates) >= TEMPLATES:
+            self.templates.clear()
+        self.templates[fp[1:]] = (b0, b, log, win)
+        return r
+
+    def _try_template(self, v, tpl: tuple, b: _Boundary, win: dict) -> int:
+        """Reuse a period verified earlier in the stage (another region, say).
+
+        `b`'s fingerprint equals the one of the template's boundary b1, which equalled
+        its predecessor's b0: so the future from `b` is the one from b1 shifted by
+        D = b.x - b1.x pages and T = b.t - b1.t ns, and it repeats b0 -> b1's period.
+        The recorded effects are shifted by D (the table page the window reads is
+        `b`'s instead of b1's: every effect must land in `b`'s region) and replayed as
+        for a period recorded here.
+        """
+        b0, b1, log, win1 = tpl
+        if b1.stride != b.stride:
+            raise _NoJump("another stride")
+        D, T = b.x - b1.x, b.t - b1.t
+        if D <= 0 or D % self.geo.granule_size:
+            raise _NoJump("not a whole number of pages ahead")
+        # table pages: b1's window path -> b's (the same page for upper levels)
+        cur = {lvl: pg for lvl, pg in win["path"]}
+        pmap = {}
+        for lvl, pg in win1["path"]:
+            c = cur.get(lvl)
+            if c is None:
+                raise _NoJump("another walk path")
+            pmap[pg.pa] = c
+        lo, hi = win["rbase"], win["rbase"] + win["rsize"]
+        shifts = self.geo.shifts
+        out = []
+        for e in log:
+            kind = e[0]
+            if kind == "w":
+                _, pa, _i, old, new, ipa = e
+                pg = pmap.get(pa)
+                if pg is None or ipa < 0 or not lo <= ipa + D < hi:
+                    raise _NoJump("a write outside the window's table page")
+                idx = ((ipa + D) >> shifts[pg.level]) & (self.geo.entries_per_table - 1)
+                out.append(("w", pg.pa, idx, old, new + D if new else 0, ipa + D))
+            elif kind == "r":
+                pg = pmap.get(e[1])
+                if pg is None:
+                    raise _NoJump("a refcount outside the window's path")
+                out.append(("r", pg.pa, e[2]))
+            elif kind == "f":
+                _, cpu, vmid, ipa, lvl, desc, ev, new = e
+                if D % (1 << shifts[lvl]):
+                    raise _NoJump("a fill of a shared entry")
+                out.append(("f", cpu, vmid, ipa + D, lvl, desc + D, ev, new))
+            elif kind == "fw":
+                _, cpu, vmid, ipa, lvl, tpa, gen, full = e
+                pg = pmap.get(tpa)
+                if pg is None:
+                    raise _NoJump("a walk-cache fill off the window's path")
+                if (ipa + D) >> shifts[lvl] != b.x >> shifts[lvl]:
+                    raise _NoJump("a walk-cache fill of another entry than the window's")
+                out.append(("fw", cpu, vmid, ipa + D, lvl, pg.pa,
+                            gen if pg.pa == tpa else pg.generation, full))
+            elif kind == "h":
+                _, cpu, vmid, ipa, lvl = e
+                out.append(("h", cpu, vmid, ipa + D, lvl))
+            elif kind == "i":
+                _, cpu, op, vmid, ipa, size, ttl = e
+                out.append(("i", cpu, op, vmid, ipa + D if op in IPA_OPS else ipa, size, ttl))
+            elif kind == "t":
+                _, pa, size, r = e
+                if D % self.slot.backing.page_size:
+                    raise _NoJump("a host page touched, not a whole number of them ahead")
+                out.append(("t", pa + D, size, r + T))
+            elif kind == "d":
+                out.append(("d", e[1] + D))
+            else:
+                raise _NoJump("host THP state changed, or a TLB conflict")
+        # boundaries as if the period had been recorded just now; TLB sizes are now's
+        c0, c1 = dict(b0.counters), dict(b1.counters)
+        now = tuple((len(t._order), len(t._worder)) for t in self.machine.tlbs)
+        c0["tsz"] = tuple((s - (s1 - s0), w - (w1 - w0)) for (s, w), (s0, w0), (s1, w1)
+                          in zip(now, b0.counters["tsz"], b1.counters["tsz"]))
+        c1["tsz"] = now
+        bv0 = _Boundary(b.t - (b1.t - b0.t), b.k - (b1.k - b0.k), b.si,
+                        b.x - (b1.x - b0.x), b.fp, c0, 0, b.stride)
+        bv1 = _Boundary(b.t, b.k, b.si, b.x, b.fp, c1, len(out), b.stride)
+        saved = self.log
+        self.log = out
+        try:
+            r = self._jump(v, bv0, bv1, win)
+        finally:
+            if self.log is out:
+                self.log = saved
+        self.stats["template_jumps"] += 1
+        return r
 
     def _trim(self) -> None:
         if len(self.bounds) > HISTORY:
@@ -432,35 +536,53 @@ class Convoy:
         vmid = self.vmid
         ptrs = {lvl: pg.pa for lvl, pg in path}
         tl = []
+        kinfo: dict = {}
+        step = 1 << 16
+        spa = slot.pa - slot.base
+
+        def keyset(sh):
+            # the keys (this VMID) of the window's pages at a level of shift `sh`
+            ks = kinfo.get(sh)
+            if ks is None:
+                if stride <= (1 << sh):  # every index between the ends is reached
+                    ks = set(range(((first >> sh) << 16) | vmid,
+                                   ((lastp >> sh) << 16) + step, step))
+                else:
+                    ks = {((y >> sh) << 16) | vmid for y in range(first, lastp + 1, stride)}
+                kinfo[sh] = ks
+            return ks
+
+        xs = {}
         for tlb in self.machine.tlbs:
             ent = []
             for lvl, sh, dct in tlb._probe:
                 if not dct:
                     continue
-                seen = -1
-                for y in range(first, lastp + 1, stride):
-                    key = ((y >> sh) << 16) | vmid
-                    if key == seen:
-                        continue
-                    seen = key
-                    desc = dct.get(key)
-                    if desc is not None:
-                        ent.append((lvl, (y >> sh) - (x >> sh),
-                                    self._norm(desc, (y >> sh) << sh)))
+                hit = dct.keys() & keyset(sh)
+                if not hit:
+                    continue
+                xk = xs.get(sh)
+                if xk is None:
+                    xk = xs[sh] = x >> sh
+                # (relative index, descriptor minus the PA it must map); _norm's check
+                # (the OA is the slot's PA) done below for all of them at once
+                js = [key >> 16 for key in sorted(hit)]
+                rel = [dct[(j << 16) | vmid] - ((j << sh) + spa) for j in js]
+                if any((r & OAP) or r < 0 for r in rel):
+                    for j in js:
+                        self._norm(dct[(j << 16) | vmid], j << sh)  # raises
+                ent.extend(zip(repeat(lvl), [j - xk for j in js], zip(repeat("l"), rel)))
             for lvl, sh, dct in tlb._wprobe:
                 if not dct:
                     continue
-                seen = -1
-                for y in range(first, lastp + 1, stride):
-                    key = ((y >> sh) << 16) | vmid
-                    if key == seen:
-                        continue
-                    seen = key
-                    e = dct.get(key)
-                    if e is not None:
-                        if lvl >= level or ptrs.get(lvl + 1) != e[0]:
-                            raise _NoJump("stale walk-cache pointer")
-                        ent.append(("w", lvl))
+                hit = dct.keys() & keyset(sh)
+                if not hit:
+                    continue
+                for key in sorted(hit):
+                    e = dct[key]
+                    if lvl >= level or ptrs.get(lvl + 1) != e[0]:
+                        raise _NoJump("stale walk-cache pointer")
+                    ent.append(("w", lvl))
             # whether a fill evicts: the TLB is full (see _evictions_ok)
             full = (tlb.capacity is not None and len(tlb._order) >= tlb.capacity,
                     tlb.walk_capacity is not None and len(tlb._worder) >= tlb.walk_capacity)
@@ -563,16 +685,13 @@ class Convoy:
             # full: the m*ev oldest entries go; none may be in the window's reach
             lo = win["first"]
             hi = win["last"] + dp * m
-            sh = tlb.shifts
             old = list(islice(tlb._order, m * ev))
             self._oldest[id(tlb)] = old  # what the replay will evict (reused there)
-            for lvl in {lk[0] for lk in old}:
-                keys = [k >> 16 for lv, k in old if lv == lvl]
-                k_lo, k_hi = lo >> sh[lvl], hi >> sh[lvl]
-                if min(keys) > k_hi or max(keys) < k_lo:
-                    continue
-                if any(k_lo <= k <= k_hi for k in keys):
-                    raise _NoJump("TLB eviction would reach the window")
+            # the cached entries in the convoy's reach (this VMID; the convoy reads no
+            # other) must not be among the evicted ones
+            reach = _in_reach(tlb, self.vmid, lo, hi)
+            if reach and not reach.isdisjoint(old):
+                raise _NoJump("TLB eviction would reach the window")
         return m
 
     def _plan(self, log: list, win: dict, dp: int, m: int) -> dict:
@@ -908,6 +1027,7 @@ class Convoy:
 
     def _replay_tlbs(self, plan: dict, m: int, dp: int) -> None:
         geo = self.geo
+        self._bulk_cache = {}
         shifts = geo.shifts
         for cpu, ops in plan["tlb"].items():
             tlb = self.machine.tlbs[cpu]
@@ -953,25 +1073,12 @@ class Convoy:
         the oldest entries go first, as one fill at a time would evict them.
         """
         shifts = tlb.shifts
-        steps = np.arange(1, m + 1, dtype=np.int64) * dp
-        cols = []
-        for _, _, vmid, ipa, lvl, desc, _, _ in ops:
-            sh = shifts[lvl]
-            if dp % (1 << sh):
-                raise RuntimeError("fast-forward: bulk fills of shared entries")  # _plan's job
-            base = (ipa >> sh) << sh
-            cols.append((lvl, ((((base + steps) >> sh) << 16) | vmid).tolist(),
-                         (steps + desc).tolist()))
-        if len(cols) == 1:
-            lvl, keys, descs = cols[0]
-            okeys = list(zip(repeat(lvl, m), keys))
-        else:  # interleave: period by period, in the recorded order
-            okeys = [(c[0], c[1][i]) for i in range(m) for c in cols]
-            descs = [c[2][i] for i in range(m) for c in cols]
+        ncol = len(ops)
         order = tlb._order
         leaf = tlb.leaf
+        skip = 0  # new entries that later ones of the jump evict: never built
         if tlb.capacity is not None:
-            evict = len(order) + len(okeys) - tlb.capacity
+            evict = len(order) + m * ncol - tlb.capacity
             if evict > 0:
                 n = min(evict, len(order))
                 old = self._oldest.get(id(tlb))
@@ -980,19 +1087,49 @@ class Convoy:
                 elif len(old) > n:
                     old = old[:n]
                 deque(map(order.__delitem__, old), maxlen=0)
-                for lvl in {lk[0] for lk in old}:
-                    deque(map(leaf[lvl].__delitem__, [k for lv, k in old if lv == lvl]),
-                          maxlen=0)
-                cut = max(0, evict - len(old))
+                lvls = set(map(_first, old))
+                if len(lvls) == 1:
+                    deque(map(leaf[lvls.pop()].__delitem__, map(_second, old)), maxlen=0)
+                else:
+                    for lvl in lvls:
+                        deque(map(leaf[lvl].__delitem__, [k for lv, k in old if lv == lvl]),
+                              maxlen=0)
+                skip = evict - n
+                self.stats["fills_skipped"] += skip
+        # the surviving fills: periods p0+1 .. m (the first `skip - p0 * ncol` of
+        # period p0+1 dropped); period i fills key + i*dp, desc + i*dp. The vCPUs of a
+        # convoy fill the same entries: what to add is built once per jump.
+        p0 = skip // ncol
+        sig = (tuple((e[2], e[3], e[4], e[5]) for e in ops), m, dp, skip)
+        add = self._bulk_cache.get(sig)
+        if add is None:
+            cols = []
+            for _, _, vmid, ipa, lvl, desc, _, _ in ops:
+                sh = shifts[lvl]
+                if dp % (1 << sh):
+                    raise RuntimeError("fast-forward: bulk fills of shared entries")  # _plan's
+                dk = (dp >> sh) << 16
+                k1 = ((((ipa >> sh) + (p0 + 1) * (dp >> sh))) << 16) | vmid
+                cols.append((lvl, range(k1, k1 + (m - p0) * dk, dk),
+                             range(desc + (p0 + 1) * dp, desc + (m + 1) * dp, dp)))
+            if ncol == 1:
+                lvl, keys, descs = cols[0]
+                add = (dict.fromkeys(zip(repeat(lvl), keys)), {lvl: dict(zip(keys, descs))})
+            else:  # interleave: period by period, in the recorded order
+                okeys = [(c[0], c[1][i]) for i in range(m - p0) for c in cols]
+                descs = [c[2][i] for i in range(m - p0) for c in cols]
+                cut = skip - p0 * ncol
                 if cut:
                     okeys, descs = okeys[cut:], descs[cut:]
-            order.update(dict.fromkeys(okeys))
-        if len(cols) == 1:
-            leaf[cols[0][0]].update(zip(keys[len(keys) - len(okeys):], descs))
-        else:
-            for (lvl, k), dsc in zip(okeys, descs):
-                leaf[lvl][k] = dsc
-
+                per: dict = {}
+                for (lvl, k), dsc in zip(okeys, descs):
+                    per.setdefault(lvl, {})[k] = dsc
+                add = (dict.fromkeys(okeys), per)
+            self._bulk_cache[sig] = add
+        if tlb.capacity is not None:
+            order.update(add[0])
+        for lvl, dct in add[1].items():
+            leaf[lvl].update(dct)
 
 def _mmu_seq(gen):
     """The mmu_notifier_seq a suspended fault handler read before its GUP, or None."""
@@ -1007,6 +1144,9 @@ def _mmu_seq(gen):
     return None
 
 
+_first, _second = itemgetter(0), itemgetter(1)
+
+
 def _heapkey(e):
     return (e[0], e[1], e[2])
 
@@ -1015,3 +1155,20 @@ _METRIC_INTS = ("dsb", "cmo_bytes", "cmo_ops", "writes", "hw_writes", "pages_all
                 "pages_freed", "teardown_entries", "accesses", "walks", "host_bytes_zeroed",
                 "windows", "window_total", "fault_ns_total")
 _METRIC_COUNTERS = ("faults_by_kind", "faults_by_level", "outcomes", "tlbi", "host_mm")
+
+
+def _in_reach(tlb, vmid: int, lo: int, hi: int) -> set:
+    """The (level, key) of `tlb`'s cached leaf entries of `vmid` translating lo..hi."""
+    out = set()
+    step = 1 << 16
+    for lvl, sh, dct in tlb._probe:
+        if not dct:
+            continue
+        k_lo, k_hi = lo >> sh, hi >> sh
+        if k_hi - k_lo < len(dct):
+            keys = dct.keys() & set(range((k_lo << 16) | vmid, (k_hi << 16) + step, step))
+        else:
+            keys = [k for k in dct if (k & 0xFFFF) == vmid and k_lo <= k >> 16 <= k_hi]
+        if keys:
+            out.update(zip(repeat(lvl), keys))
+    return out
