@@ -55,6 +55,9 @@ class Machine:
     def write(self, page: TablePage, index: int, new: int, ipa: int = -1, cpu: int = 0,
               hw: bool = False) -> int:
         """Store `new` at `page[index]`; returns the old value."""
+        if page.watch is not None:  # a vCPU read batch reads it: settle it first
+            for b in tuple(page.watch):
+                b.on_write(index)
         old = page.entries[index]
         page.entries[index] = new
         self.counts["writes"] += 1
@@ -80,6 +83,8 @@ class Machine:
         for op, vmid, ipa, size, ttl in ops:
             walk = op not in LEAF_ONLY
             for tlb in self.tlbs:
+                if tlb.batch is not None:  # a vCPU read batch in flight: settle it first
+                    tlb.batch.on_tlbi(op, vmid, ipa, size, ttl)
                 # a TLB with nothing the operation could drop is left alone (same state)
                 if any(tlb._leafdicts) or (walk and any(tlb._walkdicts)):
                     tlb.invalidate(op, vmid, ipa, size, ttl)
@@ -102,6 +107,10 @@ class Machine:
         return page
 
     def free_table(self, pa: int, cpu: int = 0) -> None:
+        live = self.mem.tables.get(pa)
+        if live is not None and live.watch is not None:
+            for b in tuple(live.watch):
+                b.cut_now()
         page = self.mem.free_table(pa)
         if self.bus.on:
             self.bus.emit(ev.PageFree(self.now, cpu, pa, page.generation))

@@ -21,10 +21,11 @@ from s2sim.errors import AddressError
 class TablePage:
     """One translation-table page: its entries, KVM's refcount, and identity."""
 
-    __slots__ = ("entries", "generation", "level", "pa", "refcount")
+    __slots__ = ("entries", "generation", "level", "pa", "refcount", "watch")
 
     def __init__(self, pa: int, n: int, generation: int, level: int) -> None:
         self.pa = pa
+        self.watch = None  # vCPU read batches reading it (sim/batch.py), or None
         self.entries = array("Q", bytes(8 * n))
         self.refcount = 1
         self.generation = generation

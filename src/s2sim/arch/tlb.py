@@ -61,6 +61,7 @@ class TLB:
         self._worder: dict[tuple[int, int], None] = {}
         self.hits = self.misses = self.conflicts = self.evictions = 0
         self._lru = policy == "lru" and capacity is not None
+        self.batch = None  # this CPU's vCPU read batch in flight (sim/batch.py), or None
 
     # --- lookups -------------------------------------------------------------
     def lookup(self, vmid: int, ipa: int) -> tuple[int, int] | Conflict | None:

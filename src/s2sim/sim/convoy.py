@@ -895,6 +895,8 @@ class Convoy:
         # 2. time
         heap = eng._heap
         heap[:] = [(e[0] + D,) + e[1:] for e in heap]
+        for e in heap:
+            e[3].sched_at += D  # when it was scheduled moves with it (read batches' FIFO)
         eng.now += D
         machine.now = eng.now
         if lock.owner is not None:

@@ -62,12 +62,26 @@ class Release:
 class Agent:
     """A named generator with its CPU number (or -1 for host actors)."""
 
-    __slots__ = ("cpu", "done_at", "gen", "lock_waited", "name")
+    __slots__ = ("cpu", "done_at", "gen", "lock_waited", "name", "sched_at", "sched_by")
 
     def __init__(self, name: str, cpu: int, gen: Generator) -> None:
         self.name, self.cpu, self.gen = name, cpu, gen
         self.done_at = -1
         self.lock_waited = 0
+        # when, and by whose resumption, its pending resumption was scheduled (the
+        # FIFO order at equal times, which read batches reconstruct: sim/batch.py)
+        self.sched_at = 0
+        self.sched_by: object = None  # an Agent, or a read batch (its virtual access)
+
+
+@dataclass(slots=True, frozen=True)
+class Resched:
+    """Resume at `t` with heap sequence `seq` (a vCPU read batch placing itself in the
+    FIFO order the one-access-per-step path would have given it; see sim/batch.py)."""
+    t: int
+    seq: float
+    sched_at: int
+    by: object  # what scheduled it (a read batch's access)
 
 
 class Engine:
@@ -85,6 +99,10 @@ class Engine:
         self.agents: list[Agent] = []
         self.resumptions = 0
         self._until = 1 << 62
+        self.cur: Agent | None = None  # the agent being resumed
+        self.batches = 0               # vCPU read batches in flight (sim/batch.py)
+        self.active: list = []         # ... and the batches themselves
+        self.batch_stats = {"batches": 0, "batched_accesses": 0, "batch_cuts": 0}
 
     def spawn(self, agent: Agent, at: int | None = None) -> Agent:
         self.agents.append(agent)
@@ -93,7 +111,22 @@ class Engine:
 
     def _push(self, t: int, agent: Agent, value: object) -> None:
         self._seq += 1
+        agent.sched_at = self.now
+        agent.sched_by = self.cur
         heapq.heappush(self._heap, (t, self._tie(), self._seq, agent, value))
+
+    def move(self, agent: Agent, t: int, seq: float, sched_at: int, by: object) -> None:
+        """Replace `agent`'s pending resumption by one at `t` with sequence `seq`, as if
+        scheduled at `sched_at`."""
+        heap = self._heap
+        for i, e in enumerate(heap):
+            if e[3] is agent:
+                heap[i] = (t, 0, seq, agent, None)
+                heapq.heapify(heap)
+                agent.sched_at = sched_at
+                agent.sched_by = by
+                return
+        raise SimError(f"agent {agent.name} has no pending resumption to move")
 
     def horizon(self) -> int:
         """Time of the next pending resumption of any agent (a bound for running ahead)."""
@@ -110,6 +143,10 @@ class Engine:
                 heapq.heappush(heap, (t, 0, 0, agent, value))
                 break
             self.now = machine.now = t
+            self.cur = agent
+            if self.batches:
+                for b in self.active:
+                    b.note(agent, t)
             self._step(agent, value)
         return self.now
 
@@ -130,7 +167,12 @@ class Engine:
                 heap = self._heap
                 if (not heap or t < heap[0][0]) and t <= self._until:
                     # it would be popped next anyway: resume without the heap
+                    agent.sched_at = self.now
+                    agent.sched_by = agent
                     self.now = self.machine.now = t
+                    if self.batches:
+                        for b in self.active:
+                            b.note(agent, t)
                     value = None
                     continue
                 self._push(t, agent, None)
@@ -166,4 +208,11 @@ class Engine:
                     lock.owner = None
                 value = None
                 continue
+            if type(req) is Resched:
+                if req.t < self.now:
+                    raise SimError(f"agent {agent.name} rescheduled into the past")
+                agent.sched_at = req.sched_at
+                agent.sched_by = req.by
+                heapq.heappush(self._heap, (req.t, 0, req.seq, agent, None))
+                return
             raise SimError(f"agent {agent.name} yielded {req!r}; expected ns, Acquire or Release")

@@ -54,6 +54,20 @@ class GuestAccesses(Event):
     level: int = -1
 
 
+@dataclass(slots=True)
+class GuestWalks(Event):
+    """`count` guest accesses of one vCPU from `ipa` on, each a TLB miss and a walk (a
+    read batch, sim/batch.py). Only ever sent to the metrics: with any other subscriber
+    batches are off and every access is a GuestAccesses event."""
+
+    kind: ClassVar[str] = "guest_accesses"
+    time: int
+    cpu: int
+    ipa: int
+    stride: int
+    count: int
+
+
 @register
 @dataclass(slots=True)
 class HostTouch(Event):

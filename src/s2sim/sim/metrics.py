@@ -12,7 +12,14 @@ from collections import Counter
 
 from s2sim.arch import events as ev
 from s2sim.kvm.steps import Teardown
-from s2sim.sim.events import FaultHandled, FaultTaken, GuestAccesses, HostMm, HostTouch
+from s2sim.sim.events import (
+    FaultHandled,
+    FaultTaken,
+    GuestAccesses,
+    GuestWalks,
+    HostMm,
+    HostTouch,
+)
 from s2sim.sim.hostmm import COW_RACE_LOST, HOST_EVENTS, THP_RACE_LOST
 
 KINDS = ("guest_accesses", "desc_write", "fault_taken", "fault_handled", "tlbi", "dsb", "cmo",
@@ -107,6 +114,9 @@ class Metrics:
             m.accesses += e.count
             if not e.tlb_hit:
                 m.walks += 1
+        elif t is GuestWalks:
+            m.accesses += e.count
+            m.walks += e.count
         elif t is ev.DescWrite:
             if e.hw:
                 m.hw_writes += 1

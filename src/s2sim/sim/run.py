@@ -8,6 +8,7 @@ from s2sim import __version__
 from s2sim.arch.machine import Machine
 from s2sim.kvm.coalesce import variant as get_variant
 from s2sim.kvm.vm import Kvm
+from s2sim.sim.batch import BatchTie
 from s2sim.sim.convoy import Convoy
 from s2sim.sim.costs import CostModel
 from s2sim.sim.engine import Agent, Engine, Lock
@@ -30,10 +31,22 @@ def run_pagetable_test(cfg: TestConfig, profile: Profile | None = None,
     """Simulate the selftest; returns the JSON-ready result (schema in docs/results.md).
 
     `observers` are callables subscribed to the event stream (checker, trace); any
-    observer turns the convoy fast-forward off (it would skip their events).
-    `ff_stats`, if given, receives what the fast-forward skipped (not part of the
+    observer turns the fast paths off (they would skip their events).
+    `ff_stats`, if given, receives what the fast paths skipped (not part of the
     result: the result is the exact path's whatever the path taken).
     """
+    try:
+        return _run(cfg, profile, observers, ff_stats, batch=True)
+    except BatchTie:
+        # an equal-time order a read batch could not decide: redo without batches
+        r = _run(cfg, profile, observers, ff_stats, batch=False)
+        if ff_stats is not None:
+            ff_stats["batch_redos"] = 1
+        return r
+
+
+def _run(cfg: TestConfig, profile: Profile | None, observers: tuple, ff_stats: dict | None,
+         batch: bool) -> dict:
     wall0 = time.perf_counter()
     prof = profile or load_profile(cfg.platform)
     var = get_variant(cfg.variant, cfg.coalesce, cfg.cmo)
@@ -60,7 +73,8 @@ def run_pagetable_test(cfg: TestConfig, profile: Profile | None = None,
     lock = Lock("mmu_lock", int(prof.costs["lock_acquire_ns"]),
                 int(prof.costs["lock_handoff_ns"]), prof.costs["lock_handoff_per_waiter_ns"])
     hostmem = HostMemory(costs, machine, kvm, slot, lock)
-    vcpus = [Vcpu(i, machine, kvm, engine, lock, costs, hostmem, cfg.runahead)
+    batch = batch and cfg.runahead and Convoy.eligible(cfg, machine)
+    vcpus = [Vcpu(i, machine, kvm, engine, lock, costs, hostmem, cfg.runahead, batch)
              for i in range(cfg.vcpus)]
     convoy = (Convoy(engine, machine, kvm, slot, lock, vcpus, hostmem, metrics)
               if Convoy.eligible(cfg, machine) else None)
@@ -112,6 +126,8 @@ def run_pagetable_test(cfg: TestConfig, profile: Profile | None = None,
     if ff_stats is not None:
         ff_stats.clear()
         ff_stats["enabled"] = convoy is not None
+        if batch:
+            ff_stats.update(engine.batch_stats)
         if convoy is not None:
             ff_stats.update(convoy.stats)
             ff_stats["no_jump"] = dict(convoy.why)

@@ -22,7 +22,8 @@ from s2sim.kvm import vm
 from s2sim.kvm.memcache import Memcache
 from s2sim.kvm.steps import INVISIBLE
 from s2sim.sim.costs import CostModel
-from s2sim.sim.engine import Acquire, Engine, Lock, Release, SimError
+from s2sim.sim.batch import ReadBatch
+from s2sim.sim.engine import Acquire, Engine, Lock, Release, Resched, SimError
 from s2sim.sim.events import FaultHandled, FaultTaken, GuestAccesses
 from s2sim.sim.hostmm import HostMemory
 
@@ -43,9 +44,11 @@ class Vcpu:
     """One vCPU: its memcache, counters and the agent body for a stage."""
 
     def __init__(self, cpu: int, machine: Machine, kvm: vm.Kvm, engine: Engine,
-                 lock: Lock, costs: CostModel, host: HostMemory, runahead: bool = True) -> None:
+                 lock: Lock, costs: CostModel, host: HostMemory, runahead: bool = True,
+                 batch: bool = False) -> None:
         self.cpu, self.machine, self.kvm, self.engine = cpu, machine, kvm, engine
         self.lock, self.costs, self.host, self.runahead = lock, costs, host, runahead
+        self.batch = batch           # read batches (sim/batch.py): run-ahead past the horizon
         self.mc = Memcache(machine, cpu)
         self.vttbr: Vttbr = kvm.pgt.vttbr
         self.accesses = self.walks = self.faults = self.conflicts = 0
@@ -75,6 +78,7 @@ class Vcpu:
         bus = machine.bus
         acc_ev = bus.on and bus.want.get("guest_accesses", False)
         runahead = self.runahead
+        batching = self.batch
         ff = self.ff
         self.segments = segments
         self.last_fault_ipa, self.repeats = -1, 0
@@ -87,7 +91,7 @@ class Vcpu:
                     if self.skip:
                         k += self.skip
                         self.skip = 0
-                    if wave_base | k > ff.wave:
+                    if wave_base | k > ff.wave and not engine.batches:
                         k += ff.reach(self, si, k)
                 self.k = k
                 ipa = start + k * stride
@@ -123,7 +127,14 @@ class Vcpu:
                                                r.level))
                     k += 1
                     self.k = k
-                    yield machine.last_walk_levels * walk_ns + acc_ns
+                    cost = machine.last_walk_levels * walk_ns + acc_ns
+                    if batching and k < count:
+                        b = ReadBatch.plan(self, r, ipa, stride, count - k, access, cost)
+                        if b is not None:
+                            k += yield from self._batch(b)
+                            self.k = k
+                            continue
+                    yield cost
                 elif t is Fault:
                     if ipa == self.last_fault_ipa:
                         self.repeats += 1
@@ -144,6 +155,24 @@ class Vcpu:
                     yield self.costs.exit + self.costs.entry
                 else:
                     raise TypeError(f"translate returned {r!r}")
+
+    def _batch(self, b: ReadBatch) -> Generator:
+        """Sleep through a read batch; returns how many of its accesses were taken."""
+        b.start()
+        eng = self.engine
+        eng._seq += 1
+        yield Resched(b.last_time, eng._seq, b._sched(b.n - 1), b)
+        while b.cut is None:
+            # woken at the last access: resumptions due now that were scheduled
+            # before it go first (FIFO as on the one-access path)
+            seq = b.wake_order()
+            if seq is None:
+                b.materialise(b.n)
+                b.stop()
+                yield b.c
+                return b.n
+            yield Resched(self.engine.now, seq, b._sched(b.n - 1), b)
+        return b.cut  # cut: resumed at the first access not taken
 
     def _fault(self, fault: Fault) -> Generator:
         """Exit, run KVM's handler on this vCPU, enter. Invisible steps are batched.
@@ -196,7 +225,7 @@ class Vcpu:
                     yield pending
                     pending = 0
                 yield Acquire(lock)
-                if self.ff is not None:
+                if self.ff is not None and not self.engine.batches:
                     self.ff.granted(self)
             elif k == vm.UNLOCK:
                 if pending:
