@@ -7,11 +7,12 @@ Each run of data/seed-calibration.toml (backing, size, vCPUs, variant; guest
 mode 4) goes through `run_pagetable_test` in its own process, and prints:
 simulated seconds, wall seconds, their ratio (the goal: >= 1), faults per wall
 second, engine resumptions per wall second (the events the exact path
-actually executed), the share of faults the convoy fast-forward skipped, and
-the process's peak RSS. `--vcpus` repeats the selected runs at other vCPU
-counts; `--exact` turns the fast-forward off (the reference path: slow);
-`--size` overrides the memory size (e.g. 1G for a scaled-down check);
-`--quick` takes the runs that finish in a couple of minutes.
+actually executed), the share of faults the convoy fast-forward skipped, the
+accesses taken in read batches (sim/batch.py), and the process's peak RSS.
+`--vcpus` repeats the selected runs at other vCPU counts; `--exact` turns
+the fast paths off (the reference path: slow); `--size` overrides the memory
+size (e.g. 1G for a scaled-down check); `--quick` takes the runs that finish
+in a couple of minutes.
 The machine is shared: repeat a measurement before trusting a difference.
 """
 
@@ -60,6 +61,10 @@ def one(spec: dict) -> dict:
         "jumps": stats.get("jumps", 0),
         "template_jumps": stats.get("template_jumps", 0),
         "skipped_accesses": stats.get("accesses", 0),
+        "batched_accesses": stats.get("batched_accesses", 0),
+        "batches": stats.get("batches", 0),
+        "batch_cuts": stats.get("batch_cuts", 0),
+        "batch_redos": stats.get("batch_redos", 0),
         "stages": {s["name"]: s["seconds"] for s in r["stages"]},
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -96,7 +101,7 @@ def main() -> int:
             specs.append({"id": r["id"], "backing": r["backing"], "size": a.size or r["size"],
                           "vcpus": v, "variant": r["variant"], "exact": a.exact})
     print(f"{'run':28} {'vcpus':>5} {'sim s':>9} {'wall s':>8} {'ratio':>7} {'faults/s':>10} "
-          f"{'events/s':>9} {'skipped':>8} {'RSS MiB':>8}", flush=True)
+          f"{'events/s':>9} {'skipped':>8} {'batched':>9} {'RSS MiB':>8}", flush=True)
     out = []
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep
                + os.environ.get("PYTHONPATH", ""))
@@ -111,7 +116,8 @@ def main() -> int:
         skipped = r["skipped_faults"] / r["faults"] if r["faults"] else 0.0
         print(f"{r['id']:28} {r['vcpus']:>5} {r['sim_s']:>9.3f} {r['wall_s']:>8.2f} "
               f"{r['ratio']:>7.2f} {r['faults_per_s']:>10.3g} {r['events_per_s']:>9.3g} "
-              f"{skipped:>8.1%} {r['peak_rss_mib']:>8.0f}", flush=True)
+              f"{skipped:>8.1%} {r['batched_accesses']:>9.3g} {r['peak_rss_mib']:>8.0f}"
+              + ("  (redone without batches)" if r["batch_redos"] else ""), flush=True)
     if a.json:
         Path(a.json).write_text(json.dumps(out, indent=2))
     return 0
