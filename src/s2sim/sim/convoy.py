@@ -35,8 +35,10 @@ Pages that enter the window during the skipped periods must look, normalised,
 like the farthest page the fingerprint covered (`_ahead_ok`), and the window
 must stay inside one region (one table page or one block) and one segment.
 Anything else (another VMID, a table allocation or free, an open invalid
-window, a random tie-break, a subscriber other than the metrics) disables the
-jump and the exact path runs on. The result is the exact path's, number for
+window off the window's table page, THP state changes, a random tie-break, a
+subscriber other than the metrics) disables the jump and the exact path runs
+on. Anonymous 4K GUPs in flight (zero page, allocation, COW, MMU-notifier
+pairs; sim/hostmm.py) are fingerprinted, relabelled and replayed (`_apply`). The result is the exact path's, number for
 number; tests/test_fastpath.py checks it on many configurations.
 """
 
@@ -110,6 +112,9 @@ class Convoy:
         self.engine, self.machine, self.kvm, self.slot = engine, machine, kvm, slot
         self.lock, self.vcpus, self.host, self.metrics = lock, vcpus, host, metrics
         self.geo = machine.geo
+        # anonymous 4K GUPs (zero page, allocation, COW, notifier pairs) are captured
+        # and replayed; THP state changes are not
+        self._anon4k = bool(host.mm and not host.thp)
         self.vmid = kvm.pgt.vttbr.vmid
         self.root = kvm.pgt.vttbr.baddr
         self.wave = 1 << 62          # vCPUs call `reach` when they pass it
@@ -137,6 +142,7 @@ class Convoy:
         self.wave = -1
         self.on = True
         self._max_grant = (-1, -1)
+        self._front = None
         self._reset()
         self._install()
 
@@ -182,8 +188,8 @@ class Convoy:
         saved.append((h, "touch", h.__dict__.get("touch")))
         h.touch = touch
 
-        def host_change(what):
-            conv.log.append(("hm", what))
+        def host_change(what, pa):
+            conv.log.append(("hm", what, pa))
 
         saved.append((h, "on_change", h.__dict__.get("on_change")))
         h.on_change = host_change
@@ -267,8 +273,13 @@ class Convoy:
         f = v.cur_fault
         key = (v.seg, f.ipa)
         if key <= self._max_grant:
-            return
+            fr = self._front
+            if fr is None or fr.agent.gen.gi_frame is not None:
+                return
+            # the vCPU that set the front has finished (anonymous 4K CREATE's readers
+            # run ahead of the writers and finish first): the convoy behind sets it now
         self._max_grant = key
+        self._front = v
         seg = v.segments[v.seg]
         stride = seg[1]
         if stride <= 0 or (f.ipa - seg[0]) % stride:
@@ -381,6 +392,8 @@ class Convoy:
                 out.append(("t", pa + D, size, r + T))
             elif kind == "d":
                 out.append(("d", e[1] + D))
+            elif kind == "hm" and self._anon4k:
+                out.append(("hm", e[1], e[2] + D))
             else:
                 raise _NoJump("host THP state changed, or a TLB conflict")
         # boundaries as if the period had been recorded just now; TLB sizes are now's
@@ -414,12 +427,26 @@ class Convoy:
         lo = hi = 0
         geom = None
         kvm = self.kvm
-        if kvm.mmu_notifier_count:
+        anon = self._anon4k
+        if kvm.mmu_notifier_count and not anon:
             raise _NoJump("an MMU notifier invalidation in progress")
+        active = self.host.active
         for v in self.vcpus:
+            gs = None
             if v.in_gup:
-                raise _NoJump("a THP GUP in progress")
+                if not anon:
+                    raise _NoJump("a THP GUP in progress")
+                # anonymous 4K: the GUP's state is its program point (in the agent's
+                # chain), its page (the fault's), and the notifier it drives
+                st = active.get(v.cpu)
+                if st is None or v.cur_fault is None or st.ipa != v.cur_fault.ipa:
+                    raise _NoJump("a GUP off its fault")
+                gs = (st.write, None if st.sub is None else (st.end, st.n, _chain(st.sub)))
             gen = v.agent.gen
+            if gen.gi_frame is None and gs is None and v.cur_fault is None:
+                # finished (its TLB still sees broadcast TLBIs: the window has it)
+                agents.append(("done", len(v.mc.pages)))
+                continue
             if gen.gi_frame is None or v.seg != si:
                 raise _NoJump("agent finished, not started or in another segment")
             g = v.segments[si][:3]
@@ -442,14 +469,14 @@ class Convoy:
                       v.agent.lock_waited - v.fault_waited0,
                       _chain(v.kvm_gen) if v.kvm_gen is not None else None,
                       v.gup, None if seq is None else seq - kvm.mmu_notifier_seq)
-            agents.append((_chain(gen), pos, fr, v.segments[si][3], len(v.mc.pages)))
+            agents.append((_chain(gen), pos, fr, v.segments[si][3], len(v.mc.pages), gs))
         lo -= MARGIN
         hi += MARGIN
         lo_ipa = x + lo * stride
         last = []
         for v in self.vcpus:
             lf = v.last_fault_ipa
-            if lf < lo_ipa:
+            if lf < lo_ipa or v.agent.gen.gi_frame is None:
                 last.append(None)  # behind every position: never faulted on again
             else:
                 last.append((lf - x, v.repeats))
@@ -461,13 +488,30 @@ class Convoy:
         for cpu, ops in sorted(self.machine._pending.items()):
             for op, vmid, ipa, size, ttl in ops:
                 pend.append((cpu, op, vmid, ipa - x if op in IPA_OPS else ipa, size, ttl))
-        if self.metrics._open:
-            raise _NoJump("line 342")
         win = self._window(x, lo, hi, stride, t)
         win["seg_end"] = geom[0] + geom[1] * geom[2]
-        fp = (si, stride, tuple(agents), tuple(last), heap, lk, tuple(pend), win["fp"])
+        opened = self._open_windows(win, x, t)
+        fp = (si, stride, tuple(agents), tuple(last), heap, lk, tuple(pend), win["fp"],
+              kvm.mmu_notifier_count, opened)
         del geo
         return fp, win
+
+    def _open_windows(self, win: dict, x: int, t: int) -> tuple:
+        """The metrics' open invalid windows (an entry made invalid, not yet valid
+        again: an MMU notifier's unmap), relative to x's entry and t. Only in the
+        window's table page (they move with the convoy: `_apply`)."""
+        op = self.metrics._open
+        if not op:
+            return ()
+        page = win["page"]
+        ix = (x >> self.geo.shifts[win["level"]]) & (self.geo.entries_per_table - 1)
+        out = []
+        for (pa, i), t0 in op.items():
+            if pa != page.pa:
+                raise _NoJump("an open invalid window off the window's table page")
+            out.append((i - ix, t0 - t))
+        out.sort()
+        return tuple(out)
 
     def _path(self, ipa: int):
         """The table pages on the walk to `ipa`: [(level, page)], and the level where it ends."""
@@ -640,7 +684,9 @@ class Convoy:
         c0, c1 = b0.counters, b.counters
         if c0["mem"] != c1["mem"]:
             raise _NoJump("line 493")                        # table pages allocated or freed
-        if c0["hostc"] != c1["hostc"] or c0["seq"] != c1["seq"]:
+        # (anonymous 4K: page state changes and notifier pairs are replayed)
+        if (c0["hostc"] != c1["hostc"] or c0["seq"] != c1["seq"]) and (
+                not self._anon4k or c0["seq"][1] != c1["seq"][1]):
             raise _NoJump("host THP state or MMU notifier changed")
         log = self.log[b0.log_at:b.log_at]
         # how many periods fit: the window must stay in the region and the segment
@@ -652,6 +698,11 @@ class Convoy:
         m = self._ahead_ok(win, dp, m, b.t)
         if m < 1:
             raise _NoJump("the pages ahead differ")
+        if self.metrics._open:
+            sh = self.geo.shifts[win["level"]]
+            if (m * dp) % (1 << sh) or max(i for _, i in self.metrics._open) + \
+                    ((m * dp) >> sh) >= self.geo.entries_per_table:
+                raise _NoJump("open invalid windows would leave the table page")
         plan = self._plan(log, win, dp, m)
         self._apply(b0, b, win, plan, m, dp, period)
         self.stats["jumps"] += 1
@@ -702,7 +753,7 @@ class Convoy:
         writes: dict[int, tuple] = {}
         ref = 0
         tlbops: dict[int, list] = {}
-        touches, dirty = [], []
+        touches, dirty, hops = [], [], []
         for e in log:
             kind = e[0]
             if kind == "w":
@@ -721,7 +772,9 @@ class Convoy:
             elif kind == "d":
                 dirty.append(e[1])
             elif kind == "hm":
-                raise _NoJump("host THP state changed")
+                if not self._anon4k:
+                    raise _NoJump("host THP state changed")
+                hops.append((e[1], e[2]))
             else:
                 raise _NoJump("line 539")
         shift = geo.shifts[level]
@@ -788,8 +841,14 @@ class Convoy:
         for e in touches:
             if dp % host_size:
                 raise _NoJump("line 604")
+        # anonymous 4K page state changes: page + i*dp must stay in the page's host region
+        host = self.host
+        for _, pa in hops:
+            if host.region_of(pa) != host.region_of(pa + m * dp) \
+                    or host.region_of(pa) not in host.regions:
+                raise _NoJump("a host page change would leave its region")
         return {"writes": wr, "ref": ref, "tlb": tlbops, "modes": modes, "touches": touches,
-                "dirty": dirty}
+                "dirty": dirty, "hops": hops}
 
     def _ahead_ok(self, win: dict, dp: int, m: int, t: int) -> int:
         """Pages that enter the window during the jump must look like its farthest page.
@@ -883,6 +942,8 @@ class Convoy:
         eng, lock, machine = self.engine, self.lock, self.machine
         # 1. relabel faults in flight (before anything moves: may refuse)
         relabel = []
+        host = self.host
+        dseq = m * (b.counters["seq"][0] - b0.counters["seq"][0])
         for v in self.vcpus:
             f = v.cur_fault
             if f is None:
@@ -890,7 +951,14 @@ class Convoy:
             nf = Fault(f.kind, f.level, f.ipa + A, f.access, f.stage)
             gen = step = None
             if v.kvm_gen is not None:
-                gen, step = self._rebuild(v, nf)
+                gen, step = self._rebuild(v, nf, dseq)
+            if v.in_gup:
+                st = host.active[v.cpu]
+                if st.sub is not None and st.n != 1:
+                    raise _NoJump("a GUP inside its notifier's critical section")
+                if host.region_of(self.slot.pa_of(f.ipa)) != \
+                        host.region_of(self.slot.pa_of(nf.ipa)):
+                    raise _NoJump("a GUP would move to another host region")
             relabel.append((v, nf, gen, step))
         # 2. time
         heap = eng._heap
@@ -909,11 +977,14 @@ class Convoy:
             if gen is not None:
                 v.kvm_gen = gen
                 v.step = step
+            if v.in_gup:
+                host.relabel(v.cpu, nf.ipa)
             v.fault_t0 += D
         for i, v in enumerate(self.vcpus):
-            v.skip += m * (b.k - b0.k)
-            if v.last_fault_ipa >= win["first"]:
-                v.last_fault_ipa += A
+            if v.agent.gen.gi_frame is not None:  # (not finished)
+                v.skip += m * (b.k - b0.k)
+                if v.last_fault_ipa >= win["first"]:
+                    v.last_fault_ipa += A
             a0, a1 = c0["v"][i], c1["v"][i]
             v.accesses += m * (a1[0] - a0[0])
             v.walks += m * (a1[1] - a0[1])
@@ -940,6 +1011,12 @@ class Convoy:
             tlb.conflicts += m * (t1[2] - t0[2])
             tlb.evictions += m * (t1[3] - t0[3])
         self.host.bytes_zeroed += m * (c1["host"] - c0["host"])
+        if c1["hostc"] != c0["hostc"]:
+            h0 = dict(c0["hostc"])
+            for key, n in c1["hostc"]:
+                if n != h0.get(key, 0):
+                    host.counts[key] += m * (n - h0.get(key, 0))
+        self.kvm.mmu_notifier_seq += dseq
         met = self.metrics.cur
         for f, x0, x1 in zip(_METRIC_INTS, c0["m"], c1["m"]):
             setattr(met, f, getattr(met, f) + m * (x1 - x0))
@@ -949,6 +1026,17 @@ class Convoy:
             for key, n in x1:
                 if n != d0.get(key, 0):
                     cnt[key] += m * (n - d0.get(key, 0))
+        # open invalid windows move with the convoy (`_open_windows`)
+        op = self.metrics._open
+        if op:
+            sh = geo.shifts[win["level"]]
+            if A % (1 << sh):
+                raise RuntimeError("fast-forward: open windows would not move by entries")
+            di = A >> sh
+            pa = win["page"].pa
+            moved = {(pa, i + di): t0 + D for (_, i), t0 in op.items()}
+            op.clear()
+            op.update(moved)
         # 4. pending TLBIs move with their faults
         for ops in machine._pending.values():
             ops[:] = [(op, vmid, ipa + A if op in IPA_OPS else ipa, size, ttl)
@@ -961,13 +1049,19 @@ class Convoy:
         for _, pa, size, r in plan["touches"]:
             for i in range(1, m + 1):
                 ready[pa + i * dp] = r + i * period
+        if plan["hops"]:
+            replay = host.replay
+            for i in range(1, m + 1):
+                s = i * dp
+                for what, pa in plan["hops"]:
+                    replay(what, pa + s)
         dirty = self.slot.dirty
         for ipa in plan["dirty"]:
             for i in range(1, m + 1):
                 set.add(dirty, ipa + i * dp)
         del geo
 
-    def _rebuild(self, v, nf: Fault):
+    def _rebuild(self, v, nf: Fault, dseq: int = 0):
         """A fresh handler generator for the shifted fault, at the old one's suspension point.
 
         Only points before mmu_lock are accepted: up to there the handler has only
@@ -981,18 +1075,29 @@ class Convoy:
             raise _NoJump("line 780")
         want = _chain(v.kvm_gen)
         seq = _mmu_seq(v.kvm_gen)
-        if seq is not None and seq != self.kvm.mmu_notifier_seq:
+        kvm = self.kvm
+        if seq is not None and seq != kvm.mmu_notifier_seq and not self._anon4k:
             raise _NoJump("a stale mmu_seq in flight")  # (the rebuilt one reads the new one)
-        gen = self.kvm.handle_fault(nf, v.mc, v.cpu)
-        val = None
-        for _ in range(8):
-            s = gen.send(val)
-            if s.kind == step.kind and _chain(gen) == want:
-                return gen, s
-            if s.kind == vm.LOCK:
-                break
-            # past the GUP: the result the driver sent the old one (the vCPU's last)
-            val = v.gup if s.kind == vm.HOST_TOUCH else None
+        # the rebuilt handler reads mmu_seq as the old one did, shifted with the
+        # counter (`dseq`: its advance over the skipped periods)
+        saved = kvm.mmu_notifier_seq
+        if seq is not None:
+            kvm.mmu_notifier_seq = seq + dseq
+        try:
+            gen = kvm.handle_fault(nf, v.mc, v.cpu)
+            val = None
+            for _ in range(8):
+                s = gen.send(val)
+                if s.kind == step.kind and _chain(gen) == want:
+                    if seq is not None and _mmu_seq(gen) != seq + dseq:
+                        break
+                    return gen, s
+                if s.kind == vm.LOCK:
+                    break
+                # past the GUP: the result the driver sent the old one (the vCPU's last)
+                val = v.gup if s.kind == vm.HOST_TOUCH else None
+        finally:
+            kvm.mmu_notifier_seq = saved
         raise _NoJump("line 789")
 
     def _replay_writes(self, win: dict, plan: dict, m: int, dp: int) -> None:

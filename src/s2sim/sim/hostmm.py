@@ -48,6 +48,12 @@ discarded THP (race lost) is zeroed in another frame: it costs time and
 counts as zeroed bytes but writes nothing the guest can see. The split's
 work (the wp fault and 512 PTE writes) costs one `host_page_fault_ns`.
 Regions are IPA-aligned (as the slot's HVA unless `hva_offset`).
+
+For the convoy fast-forward (sim/convoy.py), the anonymous 4K GUP keeps its
+page on a `GupState` (`active[cpu]`), re-reads it after every suspension and
+drives KVM's notifier generator itself (`_notify`), so that a GUP in flight can
+be moved to another page (`relabel`); `on_change(what, pa)` reports every
+page-state change, which `replay` applies again at a shifted page.
 """
 
 from __future__ import annotations
@@ -71,10 +77,25 @@ HOST_EVENTS = (HUGE_ZERO, THP_ALLOC, THP_RACE_LOST, PMD_SPLIT, ZERO_MAP, PAGE_AL
                PAGE_RACE_LOST, COW, COW_RACE_LOST, NOTIFIER)
 
 
+class GupState:
+    """A GUP under way: its page, and the MMU-notifier generator it drives (start or
+    end, `n` steps taken). Kept on an object, and re-read after every suspension
+    by the anonymous 4K GUP, so that the convoy fast-forward can relabel a GUP in
+    flight to another page (`HostMemory.relabel`)."""
+
+    __slots__ = ("cpu", "end", "ipa", "n", "sub", "write")
+
+    def __init__(self, ipa: int, write: bool, cpu: int) -> None:
+        self.ipa, self.write, self.cpu = ipa, write, cpu
+        self.sub = None
+        self.end = False
+        self.n = 0
+
+
 class HostMemory:
     """Host pages of one pagetable-test run (see the module docstring)."""
 
-    on_change = None  # a callable the convoy fast-forward sets to see THP state changes
+    on_change = None  # a callable (what, pa) the convoy fast-forward sets to see changes
 
     def __init__(self, costs: CostModel, machine: Machine, kvm=None, slot=None,
                  lock=None) -> None:
@@ -90,6 +111,7 @@ class HostMemory:
         #               bitmask of zero-page 4 KiB pages (PTE regions)]
         self.regions: dict[int, list] = {}
         self.counts: Counter = Counter()
+        self.active: dict[int, GupState] = {}  # cpu -> its GUP under way
         if self.mm:
             self.pmd = machine.geo.level_size(2)
             self.granule = machine.geo.granule_size
@@ -124,14 +146,166 @@ class HostMemory:
     def _note(self, what: str, pa: int, size: int, cpu: int) -> None:
         self.counts[what] += 1
         if self.on_change is not None:
-            self.on_change(what)
+            self.on_change(what, pa)
         if self.machine.bus.on:
             self.machine.bus.emit(HostMm(self.machine.now, cpu, what, pa, size))
 
     def gup(self, ipa: int, write: bool, cpu: int) -> Generator:
         """hva_to_pfn for a THP or anonymous 4K slot, as an agent body fragment (yields ns, Acquire,
-        Release through `drive`). Returns (writable, huge): huge = PMD-mapped (a THP or
-        the huge zero page), which transparent_hugepage_adjust may map as a block."""
+        Release). Returns (writable, huge): huge = PMD-mapped (a THP or the huge zero
+        page), which transparent_hugepage_adjust may map as a block."""
+        st = self.active[cpu] = GupState(ipa, write, cpu)
+        res = yield from (self._gup_thp(ipa, write, cpu) if self.thp else self._gup_4k(st))
+        del self.active[cpu]
+        return res
+
+    def _at(self, ipa: int):
+        """(region, bit, page PA) of an anonymous 4K page."""
+        slot = self.slot
+        off = ipa - slot.base
+        return (self.regions[slot.pa + (off & ~(self.pmd - 1))],
+                1 << ((off & (self.pmd - 1)) // self.granule),
+                slot.pa + (off & ~(self.granule - 1)))
+
+    def _gup_4k(self, st: GupState) -> Generator:
+        """Anonymous 4K: zero page, allocation, COW (module docstring). Everything that
+        depends on the page is re-derived from `st` after every suspension."""
+        costs, machine, g = self.costs, self.machine, self.granule
+        slot = self.slot
+        rpa = slot.pa + ((st.ipa - slot.base) & ~(self.pmd - 1))
+        if rpa not in self.regions:
+            self.regions[rpa] = [PTE, 0, 0]
+        while True:
+            r, bit, page_pa = self._at(st.ipa)
+            if not (r[1] | r[2]) & bit:
+                if not st.write:
+                    # do_anonymous_page, read: the PTE gets the 4 KiB zero page
+                    if costs.host_fault:
+                        yield costs.host_fault
+                        r, bit, page_pa = self._at(st.ipa)
+                    if not (r[1] | r[2]) & bit:
+                        r[2] |= bit
+                        self._note(ZERO_MAP, page_pa, g, st.cpu)
+                    continue
+                # write: allocate and clear a page, install it if the PTE is still empty
+                yield costs.zero_ns(g)
+                r, bit, page_pa = self._at(st.ipa)
+                self.bytes_zeroed += g
+                if not (r[1] | r[2]) & bit:
+                    r[1] |= bit
+                    if machine.bus.on:
+                        machine.bus.emit(HostTouch(machine.now, st.cpu, page_pa, g))
+                    self._note(PAGE_ALLOC, page_pa, g, st.cpu)
+                    return True, False
+                self._note(PAGE_RACE_LOST, page_pa, g, st.cpu)  # freed; the zero page won
+                continue
+            if r[1] & bit:
+                return True, False
+            if not st.write:
+                return False, False
+            # do_wp_page on the zero page: copy (alloc + zero 4 KiB), then install
+            yield costs.zero_ns(g)
+            r, bit, page_pa = self._at(st.ipa)
+            self.bytes_zeroed += g
+            self._note(NOTIFIER, page_pa, g, st.cpu)
+            yield from self._notify(st, False)
+            r, bit, page_pa = self._at(st.ipa)
+            if r[1] & bit:
+                self._note(COW_RACE_LOST, page_pa, g, st.cpu)
+            else:
+                r[1] |= bit
+                r[2] &= ~bit  # no longer the zero page
+                if machine.bus.on:
+                    machine.bus.emit(HostTouch(machine.now, st.cpu, page_pa, g))
+                self._note(COW, page_pa, g, st.cpu)
+            yield from self._notify(st, True)
+            return True, False
+
+    def _notifier(self, ipa: int, end: bool, cpu: int):
+        """KVM's invalidate_range_start (or _end) over the 4 KiB page of `ipa`."""
+        slot, g = self.slot, self.granule
+        hva = slot.hva_of(slot.base + ((ipa - slot.base) & ~(g - 1)))
+        if end:
+            return self.kvm.mmu_notifier_invalidate_range_end(hva, g, cpu)
+        return self.kvm.mmu_notifier_invalidate_range_start(hva, g, cpu)
+
+    def _notify(self, st: GupState, end: bool) -> Generator:
+        """`drive` (sim/vcpu.py) of a notifier generator, kept on `st` and re-read after
+        every suspension (a relabel replaces it). Same charging as `drive`."""
+        from s2sim.kvm.steps import INVISIBLE
+        from s2sim.kvm.vm import HOST_TOUCH, LOCK, UNLOCK
+        from s2sim.sim.engine import Acquire, Release
+
+        step_ns, lock = self.costs.step_ns, self.lock
+        st.end, st.n = end, 0
+        st.sub = self._notifier(st.ipa, end, st.cpu)
+        pending = 0
+        val = None
+        while True:
+            try:
+                s = st.sub.send(val)
+            except StopIteration as e:
+                st.sub = None
+                if pending:
+                    yield pending
+                return e.value
+            st.n += 1
+            val = None
+            k = s.kind
+            if k in INVISIBLE:
+                pending += step_ns(s)
+                continue
+            if k == LOCK:
+                if pending:
+                    yield pending
+                    pending = 0
+                yield Acquire(lock)
+            elif k == UNLOCK:
+                if pending:
+                    yield pending
+                    pending = 0
+                yield Release(lock)
+            elif k == HOST_TOUCH:
+                raise RuntimeError("a GUP inside an MMU notifier")
+            else:
+                ns = pending + step_ns(s)
+                pending = 0
+                if ns:
+                    yield ns
+
+    def relabel(self, cpu: int, ipa: int) -> None:
+        """Move `cpu`'s GUP under way to the page of `ipa` (convoy fast-forward). Only
+        where it has done nothing page-specific the new page would not have: the
+        caller checks that the notifier it drives, if any, has taken no step past
+        its first (the lock request: nothing done yet) and that the page is in the
+        same host region."""
+        st = self.active[cpu]
+        st.ipa = ipa
+        if st.sub is not None:
+            sub = self._notifier(ipa, st.end, cpu)
+            sub.send(None)
+            st.sub = sub
+
+    def region_of(self, pa: int) -> int:
+        """The host region (PMD) of a slot PA."""
+        return self.slot.pa + ((pa - self.slot.pa) & ~(self.pmd - 1))
+
+    def replay(self, what: str, pa: int) -> None:
+        """Apply an anonymous 4K page's state change (as recorded by `_note`) at `pa`."""
+        slot = self.slot
+        off = pa - slot.pa
+        r = self.regions[slot.pa + (off & ~(self.pmd - 1))]
+        bit = 1 << ((off & (self.pmd - 1)) // self.granule)
+        if what is ZERO_MAP:
+            r[2] |= bit
+        elif what is PAGE_ALLOC:
+            r[1] |= bit
+        elif what is COW:
+            r[1] |= bit
+            r[2] &= ~bit
+
+    def _gup_thp(self, ipa: int, write: bool, cpu: int) -> Generator:
+        """Anonymous THP (module docstring)."""
         from s2sim.sim.vcpu import drive  # (vcpu imports this module)
 
         slot, kvm, costs, machine = self.slot, self.kvm, self.costs, self.machine
@@ -141,33 +315,9 @@ class HostMemory:
         bit = 1 << ((off & (pmd - 1)) // g)
         page_pa = slot.pa + (off & ~(g - 1))
         regions = self.regions
-        thp = self.thp
         while True:
             r = regions.get(rpa)
-            if not thp:
-                if r is None:
-                    r = regions[rpa] = [PTE, 0, 0]
-                if not (r[1] | r[2]) & bit:
-                    if not write:
-                        # do_anonymous_page, read: the PTE gets the 4 KiB zero page
-                        if costs.host_fault:
-                            yield costs.host_fault
-                        if not (r[1] | r[2]) & bit:
-                            r[2] |= bit
-                            self._note(ZERO_MAP, page_pa, g, cpu)
-                        continue
-                    # write: allocate and clear a page, install it if the PTE is still empty
-                    yield costs.zero_ns(g)
-                    self.bytes_zeroed += g
-                    if not (r[1] | r[2]) & bit:
-                        r[1] |= bit
-                        if machine.bus.on:
-                            machine.bus.emit(HostTouch(machine.now, cpu, page_pa, g))
-                        self._note(PAGE_ALLOC, page_pa, g, cpu)
-                        return True, False
-                    self._note(PAGE_RACE_LOST, page_pa, g, cpu)  # freed; the zero page won
-                    continue
-            elif r is None:
+            if r is None:
                 if not write:
                     # do_huge_pmd_anonymous_page, read: the huge zero page
                     if costs.host_fault:
