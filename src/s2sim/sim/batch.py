@@ -46,7 +46,9 @@ the convoy fast-forward takes no boundary while a batch is in flight.
 
 from __future__ import annotations
 
-from itertools import islice
+from itertools import islice, repeat
+
+import numpy as np
 
 from s2sim.arch import descriptors as d
 from s2sim.arch.tlb import IPAS2E1IS, IPAS2LE1IS, RIPAS2LE1IS
@@ -55,6 +57,7 @@ from s2sim.sim.engine import SimError
 from s2sim.sim.events import GuestWalks
 
 MIN_BATCH = 2
+_OA = np.uint64(0xFFFFFFFFF000)  # output address bits of a 4 KiB page descriptor
 
 
 class BatchTie(SimError):
@@ -95,6 +98,10 @@ class ReadBatch:
         n = min(left, epp - 1 - r.index)
         if n < MIN_BATCH:
             return None
+        perm = d.S2AP_R if access == READ else d.S2AP_W
+        e = page.entries[r.index + 1]
+        if e & (3 | d.AF | perm) != 3 | d.AF | perm:
+            return None  # (the common refusal, in a fault convoy: the next page is not mapped)
         tlb = machine.tlbs[vcpu.cpu]
         vmid = vcpu.vttbr.vmid
         nxt = ipa + stride
@@ -124,22 +131,23 @@ class ReadBatch:
                     pairs.append((b, b.before[vcpu.agent][1]))  # as this step and its access
                 else:
                     return None
-        ents = page.entries
-        perm = d.S2AP_R if access == READ else d.S2AP_W
-        need = 3 | d.AF | perm
-        low = ~((1 << 12) - 1) & 0xFFFFFFFFFFFF
-        pa_bits = geo.pa_bits
-        dct = tlb.leaf[3]
-        shift = geo.shifts[3]
+        # the entries ahead: valid, accessed pages the access may use (vectorised)
+        need = np.uint64(3 | d.AF | perm)
         i0 = r.index + 1
-        m = 0
-        while m < n:
-            e = ents[i0 + m]
-            if e & need != need or (e & low) >> pa_bits:
-                break
-            if ((((nxt + m * stride) >> shift)) << 16) | vmid in dct:
-                break
-            m += 1
+        ents = page.view()[i0:i0 + n]
+        ok = (ents & need) == need
+        ok &= (ents & _OA) >> np.uint64(geo.pa_bits) == 0
+        m = n if ok.all() else int(ok.argmin())
+        if m >= MIN_BATCH:
+            # and nothing cached for them (keys not in this TLB)
+            vmid = vcpu.vttbr.vmid
+            first = nxt >> geo.shifts[3]
+            dct = tlb.leaf[3]
+            if dct:
+                k0 = (first << 16) | vmid
+                hit = dct.keys() & set(range(k0, k0 + (m << 16), 1 << 16))
+                if hit:
+                    m = min(((k >> 16) - first for k in hit))
         if m < MIN_BATCH:
             return None
         rsize = 1 << geo.shifts[2]
@@ -196,7 +204,7 @@ class ReadBatch:
         dct = tlb.leaf[3]
         vmid = v.vttbr.vmid
         base = self.ipa0 >> machine.geo.shifts[3]  # stride is the page size
-        keys = [((base + j) << 16) | vmid for j in range(j0, upto)]
+        keys = list(range(((base + j0) << 16) | vmid, ((base + upto) << 16) | vmid, 1 << 16))
         descs = self.page.entries[self.idx0 + j0:self.idx0 + upto]
         cap = tlb.capacity
         if cap is None:
@@ -218,7 +226,7 @@ class ReadBatch:
                     keys = keys[out - old:]
                     descs = descs[out - old:]
             dct.update(zip(keys, descs))
-            order.update(dict.fromkeys([(3, k) for k in keys]))
+            order.update(dict.fromkeys(zip(repeat(3), keys)))
         tlb.misses += n
         machine.counts["walks"] += n
         machine.last_walk_levels = 1
