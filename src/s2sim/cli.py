@@ -160,14 +160,15 @@ BACKING_HELP = ("anonymous, anonymous_thp, anonymous_hugetlb, anonymous_hugetlb_
 
 
 def _test_config(mode, size, vcpus, backing, offset, variant, coalesce, cmo, platform, seed,
-                 tie, hva_offset=0, runahead=True, exact=False):
+                 tie, hva_offset=0, runahead=True, exact=False, jitter=0):
     from s2sim.kvm.coalesce import variant as get_variant
     from s2sim.workloads.pagetable_test import TestConfig
 
     get_variant(variant, coalesce, cmo)  # refuse unknown names before any run
     return TestConfig.make(mode, size, vcpus, backing, offset, variant=variant,
                            coalesce=coalesce, cmo=cmo, platform=platform, seed=seed, tie=tie,
-                           hva_offset=hva_offset, runahead=runahead, fastforward=not exact)
+                           hva_offset=hva_offset, runahead=runahead, fastforward=not exact,
+                           jitter=jitter)
 
 
 def _check_json_path(path: str | None) -> None:
@@ -192,7 +193,7 @@ def pagetable_test(
         coalesce: str | None = typer.Option(None, help="override the coalescing strategy"),
         cmo: str | None = typer.Option(None, help="override CMO placement: fault or map"),
         platform: str = typer.Option("kunpeng920", help="profile name or path to a .toml"),
-        seed: int = typer.Option(0, help="seed for the random tie-break"),
+        seed: int = typer.Option(0, help="seed for the random tie-break and --jitter"),
         tie: str = typer.Option("fifo", help="tie-break policy: fifo or random"),
         json_path: str | None = typer.Option(None, "--json", help="write the result as JSON "
                                                 "to this path"),
@@ -203,13 +204,16 @@ def pagetable_test(
         hva_offset: str = typer.Option("0", "--hva-offset", help="misalign the slot's host "
                                        "virtual address by this many bytes"),
         exact: bool = typer.Option(False, "--exact", help="one event at a time: no convoy "
-                                   "fast-forward (the reference path; same results, slower)")
+                                   "fast-forward (the reference path; same results, slower)"),
+        jitter: int = typer.Option(0, "--jitter", help="timing noise: each fault's exit takes "
+                                   "a seeded extra 0..N ns (--seed); turns the fast paths off")
         ) -> None:
     """Simulate kvm_page_table_test: stage times and metrics per stage."""
     from s2sim.report.results import print_pagetable_test, write_json_atomic
 
     cfg = _test_config(mode, size, vcpus, backing, offset, variant, coalesce, cmo, platform,
-                       seed, tie, parse_size(hva_offset, "--hva-offset"), exact=exact)
+                       seed, tie, parse_size(hva_offset, "--hva-offset"), exact=exact,
+                       jitter=jitter)
     _check_json_path(json_path)
     _check_json_path(trace)
     result = _run_checked(cfg, check, trace)

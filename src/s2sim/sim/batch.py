@@ -67,8 +67,26 @@ class BatchTie(SimError):
 class ReadBatch:
     """Accesses j = 0..n-1 at ipa0 + j*stride (entries idx0 + j of `page`), at t1 + j*c."""
 
-    __slots__ = ("vcpu", "tlb", "page", "idx0", "ipa0", "stride", "n", "t0", "t1", "c",
-                 "access", "done", "cut", "rbase", "rend", "before", "pre", "pairs")
+    __slots__ = (
+        "access",
+        "before",
+        "c",
+        "cut",
+        "done",
+        "idx0",
+        "ipa0",
+        "n",
+        "page",
+        "pairs",
+        "pre",
+        "rbase",
+        "rend",
+        "stride",
+        "t0",
+        "t1",
+        "tlb",
+        "vcpu",
+    )
 
     def __init__(self, vcpu, tlb, page, idx0, ipa0, stride, n, t0, t1, c, access, rbase, rend):
         self.vcpu, self.tlb, self.page = vcpu, tlb, page
@@ -147,7 +165,7 @@ class ReadBatch:
                 k0 = (first << 16) | vmid
                 hit = dct.keys() & set(range(k0, k0 + (m << 16), 1 << 16))
                 if hit:
-                    m = min(((k >> 16) - first for k in hit))
+                    m = min((k >> 16) - first for k in hit)
         if m < MIN_BATCH:
             return None
         rsize = 1 << geo.shifts[2]

@@ -129,7 +129,7 @@ class Convoy:
     @staticmethod
     def eligible(cfg, machine) -> bool:
         """Fast-forward only with FIFO ties and no subscriber but the metrics."""
-        if not cfg.fastforward or cfg.tie != "fifo":
+        if not cfg.fastforward or cfg.tie != "fifo" or cfg.jitter:
             return False
         bus = machine.bus
         if len(bus._subs) != 1:

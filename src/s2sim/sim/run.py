@@ -74,8 +74,8 @@ def _run(cfg: TestConfig, profile: Profile | None, observers: tuple, ff_stats: d
                 int(prof.costs["lock_handoff_ns"]), prof.costs["lock_handoff_per_waiter_ns"])
     hostmem = HostMemory(costs, machine, kvm, slot, lock)
     batch = batch and cfg.runahead and Convoy.eligible(cfg, machine)
-    vcpus = [Vcpu(i, machine, kvm, engine, lock, costs, hostmem, cfg.runahead, batch)
-             for i in range(cfg.vcpus)]
+    vcpus = [Vcpu(i, machine, kvm, engine, lock, costs, hostmem, cfg.runahead, batch,
+                  cfg.jitter, cfg.seed) for i in range(cfg.vcpus)]
     convoy = (Convoy(engine, machine, kvm, slot, lock, vcpus, hostmem, metrics)
               if Convoy.eligible(cfg, machine) else None)
     anon4k = large == geo.granule_size and not b.thp

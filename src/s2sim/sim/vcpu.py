@@ -13,6 +13,7 @@ a time; results are identical (tested).
 
 from __future__ import annotations
 
+import random
 from collections.abc import Generator
 
 from s2sim.arch.machine import Machine, Vttbr
@@ -21,8 +22,8 @@ from s2sim.arch.walk import ACCESS_NAMES, Fault, Translation
 from s2sim.kvm import vm
 from s2sim.kvm.memcache import Memcache
 from s2sim.kvm.steps import INVISIBLE
-from s2sim.sim.costs import CostModel
 from s2sim.sim.batch import ReadBatch
+from s2sim.sim.costs import CostModel
 from s2sim.sim.engine import Acquire, Engine, Lock, Release, Resched, SimError
 from s2sim.sim.events import FaultHandled, FaultTaken, GuestAccesses
 from s2sim.sim.hostmm import HostMemory
@@ -45,10 +46,12 @@ class Vcpu:
 
     def __init__(self, cpu: int, machine: Machine, kvm: vm.Kvm, engine: Engine,
                  lock: Lock, costs: CostModel, host: HostMemory, runahead: bool = True,
-                 batch: bool = False) -> None:
+                 batch: bool = False, jitter: int = 0, seed: int = 0) -> None:
         self.cpu, self.machine, self.kvm, self.engine = cpu, machine, kvm, engine
         self.lock, self.costs, self.host, self.runahead = lock, costs, host, runahead
         self.batch = batch           # read batches (sim/batch.py): run-ahead past the horizon
+        self.jitter = jitter         # extra 0..jitter ns on each fault's exit (seeded)
+        self.rng = random.Random(f"s2sim-jitter/{seed}/{cpu}") if jitter else None
         self.mc = Memcache(machine, cpu)
         self.vttbr: Vttbr = kvm.pgt.vttbr
         self.accesses = self.walks = self.faults = self.conflicts = 0
@@ -189,7 +192,8 @@ class Vcpu:
         self.fault_waited0 = self.agent.lock_waited
         self.cur_fault = fault
         self.kvm_gen = self.kvm.handle_fault(fault, self.mc, self.cpu)
-        outcome = yield from self._drive(costs.exit)
+        exit_ns = costs.exit + (self.rng.randint(0, self.jitter) if self.jitter else 0)
+        outcome = yield from self._drive(exit_ns)
         self.kvm_gen = self.step = None
         yield costs.entry
         fault, self.cur_fault = self.cur_fault, None

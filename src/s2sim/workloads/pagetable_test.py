@@ -68,6 +68,11 @@ class TestConfig:
     # Convoy fast-forward (sim/convoy.py): exact, on by default; False runs every
     # fault through the exact path (the reference).
     fastforward: bool = True
+    # Timing jitter: every fault's exit to the host takes a seeded uniform extra
+    # 0..jitter ns (per vCPU stream from `seed`). 0: none, the calibrated model.
+    # Real machines have it; the jitter-free model can phase-lock convoys
+    # (docs/model.md, known misses). Turns the fast paths off.
+    jitter: int = 0
 
     @staticmethod
     def make(mode="4", size="1G", vcpus=1, backing="anonymous", offset=None, **kw
@@ -86,6 +91,9 @@ class TestConfig:
         if offset is not None:
             off = parse_size(offset, "guest physical offset (-p)") if isinstance(offset, str) \
                 else int(offset)
+        j = kw.get("jitter", 0)
+        if not isinstance(j, int) or isinstance(j, bool) or not 0 <= j <= 10**9:
+            raise ConfigError(f"jitter {j!r} is not a whole number of ns in 0..1000000000")
         if kw.get("tie", "fifo") not in ("fifo", "random"):
             raise ConfigError(f"tie-break policy {kw['tie']!r} is unknown; use fifo or random")
         cfg = TestConfig(m, sz, v, backing, off, **kw)
