@@ -155,8 +155,47 @@ def test_fastforward_1g_hugetlb_one_vcpu():
     stats = _same(_kw("1G", 1, H1G, "rfc"))
     assert stats["faults"] > 120_000
     # after the first table, each one's convoy reuses the period verified in an earlier
-    # table (a template): the fingerprint repeats across the region boundary
-    assert stats["template_jumps"] > 200
+    # table (a template): the fingerprint repeats across the region boundary; once the
+    # walk cache is full, whole regions are skipped at once (region periods)
+    assert stats["template_jumps"] + stats.get("regions", 0) > 200
+
+
+@pytest.mark.parametrize("kw", [
+    _kw("1G", 2, H1G, "v5.11"),
+    _kw("1G", 3, H1G, "patch1"),
+], ids=lambda kw: f"{kw['backing']}-{kw['size']}-{kw['vcpus']}v-{kw['variant']}")
+def test_region_periods(kw):
+    # hugetlb 1G UPDATE: one segment over 256 tables of 2 MiB; each region's period
+    # allocates its table (memcache pop, top-up), writes the parent's entry, fills the
+    # walk caches with the new table (the static level-1 entry drifting towards the
+    # front of the walk cache's order). Periods of whole regions are jumped, exactly.
+    # The first jump comes while the walk caches still fill (one entry per region: they
+    # grow, b0's entries kept in place), the later ones with them full (entries evicted).
+    stats = _same(kw)
+    assert stats.get("region_jumps", 0) > 1 and stats["regions"] > 200, stats
+    assert stats.get("region_jumps_growing", 0) > 0, stats
+
+
+def test_region_periods_across_gib():
+    # 2 GiB: in the second GiB the walk caches still hold the first GiB's entries (and
+    # the split block's): they drift to the front and are evicted, one per region,
+    # while the new GiB's entries move (a FIFO); its regions are jumped as well
+    stats = _same(_kw("2G", 2, H1G, "patch1"))
+    assert stats.get("region_jumps_fifo", 0) > 0 and stats["regions"] > 420, stats
+
+
+def test_region_periods_small_tlbs():
+    # 96-entry TLBs (a region's 512 fills evict the previous region's entries)
+    stats = _same(_kw("1G", 2, H1G, "patch1"), tlb_capacity=96)
+    assert stats.get("region_jumps", 0) > 0 and stats["regions"] > 200, stats
+
+
+def test_region_periods_off_by_default_elsewhere():
+    # hugetlb 2M and THP UPDATE are one segment per block: no region period (the
+    # vCPUs' segment loop cannot be moved), the per-region jumps as before
+    for kw in (_kw("16M", 4, H2M, "patch1"), _kw("32M", 8, THP, "v5.11")):
+        stats = _same(kw)
+        assert stats.get("region_jumps", 0) == 0 and stats["jumps"] > 0, kw
 
 
 def test_templates_across_segments():

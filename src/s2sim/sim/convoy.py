@@ -38,7 +38,10 @@ Anything else (another VMID, a table allocation or free, an open invalid
 window off the window's table page, THP state changes, a random tie-break, a
 subscriber other than the metrics) disables the jump and the exact path runs
 on. Anonymous 4K GUPs in flight (zero page, allocation, COW, MMU-notifier
-pairs; sim/hostmm.py) are fingerprinted, relabelled and replayed (`_apply`). The result is the exact path's, number for
+pairs; sim/hostmm.py) are fingerprinted, relabelled and replayed (`_apply`).
+Periods of whole regions, which allocate the next region's table, are checked
+under a renaming of recently allocated table pages and jumped by setting the
+state directly (`_try_region`, `_region_jump`). The result is the exact path's, number for
 number; tests/test_fastpath.py checks it on many configurations.
 """
 
@@ -62,6 +65,10 @@ OAP = OA & ~0xFFF        # the output-address bits of a page descriptor
 MARGIN = 1               # pages of data beyond the agents' positions in a fingerprint
 HISTORY = 4096           # boundaries remembered when looking for a period
 TEMPLATES = 256          # verified periods kept for reuse in later regions
+REGION_JUMPS = True      # periods of whole regions (one table page each), see _try_region
+REGION_OFFSETS = 8       # boundaries this close to a region's start are region-period candidates
+REGION_REACH = 256       # recently allocated table pages a region period may reference
+REGION_KMAX = 4          # table pages a region period may allocate
 IPA_OPS = ("IPAS2E1IS", "IPAS2LE1IS", "RIPAS2E1IS", "RIPAS2LE1IS")
 
 
@@ -143,6 +150,8 @@ class Convoy:
         self.on = True
         self._max_grant = (-1, -1)
         self._front = None
+        self.macro: dict = {}      # (fingerprint, offset in region) -> a snapshot (_snapshot)
+        self._tlog: list = []      # table pages written (or refcounted), in order
         self._reset()
         self._install()
 
@@ -163,12 +172,16 @@ class Convoy:
         saved = self._saved
         conv = self
 
+        tlog = self._tlog
+
         def write(page, index, new, ipa=-1, cpu=0, hw=False, _w=m.write):
             conv.log.append(("w", page.pa, index, page.entries[index], new, ipa))
+            tlog.append(page.pa)
             return _w(page, index, new, ipa, cpu, hw)
 
         def refcount(page, delta, cpu=0, _r=m.refcount):
             conv.log.append(("r", page.pa, delta))
+            tlog.append(page.pa)
             return _r(page, delta, cpu)
 
         saved.append((m, "write", m.__dict__.get("write")))
@@ -298,6 +311,9 @@ class Convoy:
         stride = v.segments[si][1]
         if stride <= 0:
             raise _NoJump("line 273")
+        if len(self._tlog) > 1 << 20:  # (bounded: region snapshots index into it)
+            self.macro.clear()
+            del self._tlog[:]
         t = self.engine.now
         fp, win = self._fingerprint(si, k, x, t, stride)
         counters = self._counters()
@@ -306,6 +322,10 @@ class Convoy:
         self.bounds.append(b)
         self.index[fp] = len(self.bounds) - 1
         if prev is None:
+            if REGION_JUMPS and win["level"] == 3:
+                r = self._try_region(v, b, win)
+                if r is not None:
+                    return r
             tpl = self.templates.get(fp[1:])  # (any segment: positions are relative)
             if tpl is not None:
                 try:
@@ -414,6 +434,445 @@ class Convoy:
                 self.log = saved
         self.stats["template_jumps"] += 1
         return r
+
+    # --- region periods -------------------------------------------------------------------
+    def _try_region(self, v, b: _Boundary, win: dict):
+        """A period of one whole region (a level-3 table page): boundary `b` at the offset
+        of its region where an earlier boundary stood in the previous region.
+
+        Such a period allocates table pages (the next region's table comes from a
+        memcache, the memcache is topped up from the allocator), so the fingerprint is
+        extended symbolically (`_region_jump`). Returns None when nothing was jumped.
+        """
+        if self.host.mm or self.metrics._open or len(win["path"]) < 2:
+            return None
+        off = b.x - win["rbase"]
+        if off >= REGION_OFFSETS * b.stride:
+            return None
+        for t in self.machine.tlbs:
+            if t.capacity is None or t.walk_capacity is None:
+                return None
+        key = (b.fp[1:], off, win["rsize"])
+        s0 = self.macro.get(key)
+        if s0 is not None and s0["b"].si == b.si and b.x - s0["b"].x == win["rsize"]:
+            try:
+                return self._region_jump(v, s0, b, win)
+            except _NoJump as e:
+                self.why["region: " + str(e)] += 1
+        if len(self.macro) >= TEMPLATES:
+            self.macro.clear()
+        self.macro[key] = self._snapshot(b, win)
+        return None
+
+    def _tlb_state(self, tlb) -> tuple:
+        """A TLB's entries: replacement orders and every dict's items, in their orders."""
+        return (list(tlb._order), [(lvl, list(d.items())) for lvl, d in tlb.leaf.items()],
+                list(tlb._worder), [(lvl, list(d.items())) for lvl, d in tlb.walkc.items()])
+
+    def _snapshot(self, b: _Boundary, win: dict) -> dict:
+        """What a region period is checked against: the TLBs, memcaches, the parent table
+        page, and copies of the recently allocated table pages."""
+        mem = self.machine.mem
+        g = self.geo.granule_size
+        nxt = mem._next_table
+        tl = [self._tlb_state(t) for t in self.machine.tlbs]
+        refs = [p.pa for u in self.vcpus for p in u.mc.pages]
+        for st in tl:
+            for _, items in st[3]:
+                refs.extend(pa for _, (pa, _) in items)
+        refs.append(win["page"].pa)
+        lo = min((pa for pa in refs if nxt - REGION_REACH * g <= pa < nxt), default=nxt)
+        lo = max(lo - REGION_KMAX * g, nxt - (REGION_REACH + REGION_KMAX) * g)
+        pages = {}
+        for pa in range(lo, nxt, g):
+            p = mem.tables.get(pa)
+            pages[pa] = None if p is None else (p.level, p.refcount, p.generation,
+                                                p.view().copy())
+        parent = win["path"][-2][1]
+        return {"b": b, "next": nxt, "lo": lo, "alloc": mem.allocated, "freed": mem.freed,
+                "free": len(mem._free), "tlbs": tl, "pages": pages,
+                "mc": [[p.pa for p in u.mc.pages] for u in self.vcpus],
+                "parent": (parent.pa, parent.view().copy(), parent.refcount),
+                "cur": win["page"].pa, "tpos": len(self._tlog), "first": win["first"],
+                "ready": len(self.host.ready), "dirty": len(self.slot.dirty)}
+
+    def _region_jump(self, v, s0: dict, b: _Boundary, win: dict) -> int:
+        """Skip m regions at once, exactly.
+
+        `b` and the snapshot's boundary b0 (the same offset of the previous region) have
+        equal fingerprints (agents, heap, lock, the window's data, relative to their x
+        and t). The period b0 -> b allocated k table pages from the allocator's bump
+        pointer (no frees, no free list). Table pages are named relative to the bump
+        pointer: a page referenced at b is either *static* (the same page at b0: an old
+        memcache page, an upper-level table) or *moving* (k pages further than at b0:
+        the region's table, the page topped up into a memcache, the tables the walk
+        caches point to). The state at b must be b0's under that renaming phi (IPA and
+        PA shifted by one region, moving pages by k): every TLB entry in replacement
+        and dict order, every memcache, the parent table page (only the new region's
+        entry written, pointing to the new table), and every recently allocated page
+        (level, refcount, generation, entries shifted). The period must write no table
+        page but the parent and those. Then the future is phi's image period after
+        period, and the state after m periods is phi^m of b's: it is set directly.
+        """
+        b0 = s0["b"]
+        geo = self.geo
+        mem = self.machine.mem
+        host, slot = self.host, self.slot
+        g = geo.granule_size
+        dx, period, dk = b.x - b0.x, b.t - b0.t, b.k - b0.k
+        if dk <= 0 or period <= 0 or b.stride != b0.stride or dk * b.stride != dx:
+            raise _NoJump("positions out of step with the region")
+        c0, c1 = b0.counters, b.counters
+        if c0["hostc"] != c1["hostc"] or c0["seq"] != c1["seq"] or c0["host"] != c1["host"] \
+                or len(host.ready) != s0["ready"] or len(slot.dirty) != s0["dirty"]:
+            raise _NoJump("host state changed")
+        if mem._free or s0["free"] or mem.freed != s0["freed"]:
+            raise _NoJump("table pages freed")
+        k = mem.allocated - s0["alloc"]
+        nxt, nxt0 = mem._next_table, s0["next"]
+        if not 1 <= k <= REGION_KMAX or nxt - nxt0 != k * g:
+            raise _NoJump("table allocation out of step")
+        kg = k * g
+        static, moving = set(), set()
+
+        def pair(p0, p1):
+            if p1 == p0:
+                static.add(p1)
+            elif p1 == p0 + kg:
+                moving.add(p1)
+            else:
+                raise _NoJump("a table page out of step")
+
+        mcs = [[p.pa for p in u.mc.pages] for u in self.vcpus]
+        for l0, l1 in zip(s0["mc"], mcs):
+            if len(l0) != len(l1):
+                raise _NoJump("memcaches differ")
+            for p0, p1 in zip(l0, l1):
+                pair(p0, p1)
+        cur = win["page"]
+        if cur.pa != s0["cur"] + kg:
+            raise _NoJump("the region's table out of step")
+        moving.add(cur.pa)
+        # TLBs: every entry in order; keys of levels the region shift divides move
+        shifts = geo.shifts
+        vmid = self.vmid
+        dkey = {lvl: ((dx >> shifts[lvl]) << 16 if dx % (1 << shifts[lvl]) == 0 else None)
+                for lvl in range(geo.start_level, 4)}
+        tlbs = self.machine.tlbs
+        now = []
+        plans = []      # per TLB: (order plan, walk-order plan, leaf plans, walk plans)
+        frozen = set()  # pages old walk-cache entries of a growing walk cache point to
+        f0, f1 = s0["first"], win["first"]
+
+        def reach(e, f):
+            lvl, kk = e
+            return (kk & 0xFFFF) == vmid and ((kk >> 16) + 1) << shifts[lvl] > f
+
+        def order_plan(o0, o1, cap):
+            n0, n1 = len(o0), len(o1)
+            if n0 == n1:
+                return ("shift", _order_drift(o0, o1, dkey, vmid))
+            # not full yet: b0's entries kept in place, the period's new ones appended
+            a = n1 - n0
+            if a < 0 or a > n0 or o1[:n0] != o0:
+                raise _NoJump("TLB sizes differ")
+            for (l0, k0), (l1, k1) in zip(o0[n0 - a:], o1[n0:]):
+                dd = dkey[l0]
+                if dd is None or l1 != l0 or k1 != k0 + dd or (k0 & 0xFFFF) != vmid:
+                    raise _NoJump("a TLB grows out of step")
+            # what the convoy can reach (this VMID, from the window on) is b0's, moved
+            r0 = {(lv, kk + dkey[lv]) for lv, kk in o0 if dkey[lv] is not None
+                  and reach((lv, kk), f0)}
+            r1 = {(lv, kk) for lv, kk in o1 if dkey[lv] is not None and reach((lv, kk), f1)}
+            if r0 != r1:
+                raise _NoJump("a TLB grows out of step")
+            return ("grow", o1[n0:], (cap - n1) // a)
+
+        def items_plan(it0, it1, dd, val):
+            n0, n1 = len(it0), len(it1)
+            if dd is None:
+                if it0 != it1:
+                    raise _NoJump("TLB entries differ")
+                return None
+            if n0 == n1:
+                for (k0, v0), (k1, v1) in zip(it0, it1):
+                    if k1 != k0 + dd:
+                        raise _NoJump("TLB entries out of step")
+                    val(v0, v1)
+                return None
+            a = n1 - n0
+            if a < 0 or a > n0 or it1[:n0] != it0:
+                raise _NoJump("TLB entries differ")
+            for (k0, v0), (k1, v1) in zip(it0[n0 - a:], it1[n0:]):
+                if k1 != k0 + dd:
+                    raise _NoJump("TLB entries out of step")
+                val(v0, v1)
+            return it0[n0 - a:]
+
+        def leaf_val(d0, d1):
+            if d1 != d0 + dx:
+                raise _NoJump("TLB entries out of step")
+
+        def walk_val(v0, v1):
+            (p0, g0), (p1, g1) = v0, v1
+            if g0 != g1:
+                raise _NoJump("walk caches out of step")
+            pair(p0, p1)
+            if p1 != p0:
+                pg = mem.tables.get(p1)
+                if pg is None or pg.generation != g1:
+                    raise _NoJump("stale walk-cache pointer")
+
+        for tlb, st0 in zip(tlbs, s0["tlbs"]):
+            st1 = self._tlb_state(tlb)
+            now.append(st1)
+            (o0, lv0, w0, wv0), (o1, lv1, w1, wv1) = st0, st1
+            if sum(len(it) for _, it in lv1) != len(o1) or \
+                    sum(len(it) for _, it in wv1) != len(w1):
+                raise _NoJump("TLB sizes differ")
+            po = order_plan(o0, o1, tlb.capacity)
+            pl = [items_plan(it0, it1, dkey[lvl], leaf_val)
+                  for (lvl, it0), (_, it1) in zip(lv0, lv1)]
+            if len(w0) == len(w1) == tlb.walk_capacity and _dicts_follow(wv0, w0) \
+                    and _dicts_follow(wv1, w1):
+                fifo = _walk_fifo(w0, w1, wv0, wv1, tlb.walk_capacity, dkey, vmid, shifts,
+                                  f0, f1, walk_val)
+                if fifo is not None:
+                    pw, vals, dead = fifo
+                    for e, (p, _) in dead:
+                        (static if dkey[e[0]] is None else frozen).add(p)
+                    plans.append((po, pw, pl, vals))
+                    continue
+            pw = order_plan(w0, w1, tlb.walk_capacity)
+            pwi = []
+            for (lvl, it0), (_, it1) in zip(wv0, wv1):
+                tail0 = items_plan(it0, it1, dkey[lvl], walk_val)
+                if dkey[lvl] is None:
+                    for _, (p, _) in it1:
+                        static.add(p)
+                elif tail0 is not None:
+                    frozen.update(p for _, (p, _) in it1[:len(it0)])
+                pwi.append(tail0)
+            plans.append((po, pw, pl, pwi))
+        # the parent table page: only the new region's entry written, to its table
+        ppa, pv0, pref0 = s0["parent"]
+        parent = win["path"][-2][1]
+        if parent.pa != ppa:
+            raise _NoJump("another parent table")
+        epp = geo.entries_per_table
+        psh = shifts[parent.level]
+        i1 = (b.x >> psh) & (epp - 1)
+        i0 = (b0.x >> psh) & (epp - 1)
+        pv = parent.view()
+        diff = np.flatnonzero(pv != pv0)
+        if i1 != i0 + 1 or len(diff) != 1 or int(diff[0]) != i1 or int(pv0[i1]) != 0 \
+                or int(pv[i1]) != int(pv0[i0]) + kg or (int(pv[i1]) & geo.table_mask) != cur.pa:
+            raise _NoJump("the parent table changed otherwise")
+        # the window of moving pages: every moving reference and written page in it
+        touched = set(self._tlog[s0["tpos"]:])
+        touched.discard(ppa)
+        for pa in touched:
+            if not nxt - REGION_REACH * g <= pa < nxt:
+                raise _NoJump("a table page written outside the region period's pages")
+        W = max((nxt - pa) // g for pa in moving | touched)
+        lo = nxt - (W + k) * g
+        if W > REGION_REACH or nxt0 - (W + k) * g < s0["lo"]:
+            raise _NoJump("moving table pages out of reach")
+        static.add(ppa)
+        for pa in static:
+            if pa >= nxt0 - (W + k) * g:
+                raise _NoJump("a static table page among the moving ones")
+        pages0 = s0["pages"]
+        dxu = np.uint64(dx)
+        for i in range(1, W + k + 1):
+            st0 = pages0.get(nxt0 - i * g)
+            p1 = mem.tables.get(nxt - i * g)
+            if st0 is None or p1 is None:
+                raise _NoJump("a recent table page not live")
+            lvl0, ref0, gen0, e0 = st0
+            if (lvl0, ref0, gen0) != (p1.level, p1.refcount, p1.generation) or gen0 != 1 \
+                    or lvl0 not in (3, -1):
+                raise _NoJump("recent table pages differ")
+            if not np.array_equal(p1.view(), np.where(e0 != 0, e0 + dxu, e0)):
+                raise _NoJump("recent table pages out of step")
+        # how many regions: the window stays in the segment, the parent page; regions
+        # ahead have no table, host pages ahead look like the window's last
+        m = (win["seg_end"] - 1 - win["last"]) // dx
+        m = min(m, epp - 1 - i1)
+        if m >= 1:
+            ahead = np.flatnonzero(pv[i1 + 1:i1 + m + 1])
+            if len(ahead):
+                m = int(ahead[0])
+        if m >= 1:
+            m = self._region_host_ok(win, dx, m, b.t, b0)
+        # static entries drifting towards the front of a replacement order must not be
+        # evicted (nor meet another one)
+        for pl in plans:
+            for kind, x, *rest in pl[:2]:
+                if kind in ("grow", "fifo"):
+                    m = min(m, rest[0])
+                    continue
+                for p1, dl in x:
+                    if dl:
+                        m = min(m, p1 // dl)
+        if m < 1:
+            raise _NoJump("no room for a region")
+        for pa in range(nxt, nxt + m * kg, g):
+            if pa in mem.generation or pa in mem.tables:
+                raise _NoJump("table frames ahead were used before")
+        for pl in plans:
+            for kind, dr, *_ in pl[:2]:
+                if kind == "shift" and dr and len({p1 - m * dl for p1, dl in dr}) != len(dr):
+                    raise _NoJump("static TLB entries would meet")
+        # (old entries of a growing walk cache are behind the convoy, never read again:
+        # they keep their pointers, whatever the pages become)
+        for pa in frozen:
+            if pa not in mem.tables:
+                raise _NoJump("an old walk-cache entry points to a freed table page")
+        for pl, st1 in zip(plans, now):
+            kind, add = pl[1][:2]
+            if kind == "fifo":
+                new = [(lvl, kk + i * dkey[lvl]) for i in range(1, m + 1) for lvl, kk in add]
+                if len(set(new)) != len(new) or not set(new).isdisjoint(st1[2]):
+                    raise _NoJump("a walk cache would refill an entry")
+        # --- apply (nothing has moved yet; _apply may still refuse) ---
+        src = {}
+        for pa in range(lo, nxt, g):
+            p = mem.tables[pa]
+            src[pa] = (p.level, p.refcount, p.view().copy())
+        pe = int(pv[i1])
+        pref = parent.refcount - pref0
+        self._apply(b0, b, win, None, m, dx, period)
+        for _ in range(m * k):
+            mem.alloc_table(-1)
+        for pa in range(nxt - W * g, nxt + m * kg, g):
+            rho = (pa - nxt) // g
+            j = min(m, -(-(rho + W + 1) // k))
+            if j <= 0:
+                continue
+            lvl, ref, e = src[pa - j * kg]
+            p = mem.tables[pa]
+            p.level, p.refcount = lvl, ref
+            p.view()[:] = np.where(e != 0, e + np.uint64(j * dx), e)
+        for jj in range(1, m + 1):
+            pv[i1 + jj] = pe + jj * kg
+        parent.refcount += m * pref
+        self._tlog.append(ppa)
+        AK, A = m * kg, m * dx
+        tables = mem.tables
+        for u, l0, l1 in zip(self.vcpus, s0["mc"], mcs):
+            u.mc.pages[:] = [tables[p1 + AK] if p1 != p0 else tables[p1]
+                             for p0, p1 in zip(l0, l1)]
+        for tlb, st0, (o1, lv1, w1, wv1), (po, pw, pl, pwi) in zip(tlbs, s0["tlbs"], now,
+                                                                   plans):
+            for od, o, (kind, x, *_) in ((tlb._order, o1, po), (tlb._worder, w1, pw)):
+                od.clear()
+                if kind == "shift":
+                    od.update(dict.fromkeys(_order_moved(o, x, dkey, m)))
+                elif kind == "fifo":
+                    fin = o + [(lvl, kk + i * dkey[lvl]) for i in range(1, m + 1)
+                               for lvl, kk in x]
+                    od.update(dict.fromkeys(fin[len(fin) - len(o):]))
+                else:
+                    od.update(dict.fromkeys(o))
+                    od.update(dict.fromkeys([(lvl, kk + i * dkey[lvl]) for i in range(1, m + 1)
+                                             for lvl, kk in x]))
+            for (lvl, it), tail0 in zip(lv1, pl):
+                dct = tlb.leaf[lvl]
+                dct.clear()
+                dd = dkey[lvl]
+                if dd is None:
+                    dct.update(it)
+                elif tail0 is None:
+                    md = m * dd
+                    dct.update([(kk + md, dsc + A) for kk, dsc in it])
+                else:
+                    dct.update(it)
+                    add = it[len(it) - len(tail0):]
+                    dct.update([(kk + i * dd, dsc + i * dx) for i in range(1, m + 1)
+                                for kk, dsc in add])
+            if pw[0] == "fifo":  # the dicts follow the replacement order
+                for dct in tlb.walkc.values():
+                    dct.clear()
+                old_v, add_v = pwi
+                for e in tlb._worder:
+                    v = old_v.get(e)
+                    if v is None:
+                        lvl, kk = e
+                        i = next(i for i in range(1, m + 1)
+                                 if (lvl, kk - i * dkey[lvl]) in add_v)
+                        p0, p1, gen = add_v[(lvl, kk - i * dkey[lvl])]
+                        if p1 != p0:
+                            p1 += i * kg
+                            gen = tables[p1].generation
+                        v = (p1, gen)
+                    tlb.walkc[e[0]][e[1]] = v
+                continue
+            for (lvl, it0), (_, it), tail0 in zip(st0[3], wv1, pwi):
+                dct = tlb.walkc[lvl]
+                dct.clear()
+                dd = dkey[lvl]
+                if dd is None:
+                    dct.update(it)
+                elif tail0 is None:
+                    md = m * dd
+                    for (_, (p0, _)), (kk, (p1, gen)) in zip(it0, it):
+                        if p1 != p0:
+                            p1 += AK
+                            gen = tables[p1].generation
+                        dct[kk + md] = (p1, gen)
+                else:
+                    dct.update(it)
+                    add = it[len(it) - len(tail0):]
+                    for i in range(1, m + 1):
+                        for (_, (p0, _)), (kk, (p1, gen)) in zip(tail0, add):
+                            if p1 != p0:
+                                p1 += i * kg
+                                gen = tables[p1].generation
+                            dct[kk + i * dd] = (p1, gen)
+        c0 = b0.counters
+        self.stats["region_jumps"] += 1
+        if any(kind == "grow" for pl in plans for kind, *_ in pl[:2]):
+            self.stats["region_jumps_growing"] += 1  # (a TLB or walk cache not yet full)
+        if any(pl[1][0] == "fifo" for pl in plans):
+            self.stats["region_jumps_fifo"] += 1  # (walk caches carrying older entries)
+        self.stats["regions"] += m
+        self.stats["ns"] += m * period
+        self.stats["faults"] += m * (sum(n for _, n in c1["mc2"][0])
+                                     - sum(n for _, n in c0["mc2"][0]))
+        self.stats["accesses"] += m * (c1["m"][8] - c0["m"][8])
+        self.macro.clear()
+        del self._tlog[:]
+        self._reset()
+        return 0
+
+    def _region_host_ok(self, win: dict, dx: int, m: int, t: int, b0: _Boundary) -> int:
+        """Limit m so that the host pages and dirty bits ahead look like the window's last."""
+        slot, host = self.slot, self.host
+        far = win["last"]
+        a1 = far + m * dx
+        bad = a1 + 1
+        fpa = slot.host_page(far)[0]
+        fr = host.ready.get(fpa)
+        if fr is None or fr > t:
+            raise _NoJump("host page not ready at the window's edge")
+        top = a1
+        if slot.host_page(top)[0] != fpa:
+            step = max(slot.backing.page_size, self.geo.granule_size)
+            for y in range(((far // step) + 1) * step, top + 1, step):
+                r = host.ready.get(slot.host_page(y)[0])
+                if r is None or r > t:
+                    bad = y
+                    break
+        dirty = slot.dirty
+        if dirty:
+            lo = b0.x - win["rsize"]
+            hits = [y for y in dirty if lo <= y <= a1]
+            if hits:
+                if min(hits) <= far:
+                    raise _NoJump("dirty pages in the region period")
+                bad = min(bad, min(hits))
+        return min(m, (bad - 1 - far) // dx)
 
     def _trim(self) -> None:
         if len(self.bounds) > HISTORY:
@@ -934,8 +1393,8 @@ class Convoy:
                     break
         return min(m, (bad - 1 - far) // dp)
 
-    def _apply(self, b0: _Boundary, b: _Boundary, win: dict, plan: dict, m: int, dp: int,
-               period: int) -> None:
+    def _apply(self, b0: _Boundary, b: _Boundary, win: dict, plan: dict | None, m: int,
+               dp: int, period: int) -> None:
         geo = self.geo
         D = m * period
         A = m * dp
@@ -1041,7 +1500,10 @@ class Convoy:
         for ops in machine._pending.values():
             ops[:] = [(op, vmid, ipa + A if op in IPA_OPS else ipa, size, ttl)
                       for op, vmid, ipa, size, ttl in ops]
+        if plan is None:
+            return  # (a region period: _region_apply sets the state)
         # 5. effects of the skipped periods
+        self._tlog.append(win["page"].pa)
         self._replay_writes(win, plan, m, dp)
         win["page"].refcount += m * plan["ref"]
         self._replay_tlbs(plan, m, dp)
@@ -1237,6 +1699,116 @@ class Convoy:
             order.update(add[0])
         for lvl, dct in add[1].items():
             leaf[lvl].update(dct)
+
+def _order_drift(o0: list, o1: list, dkey: dict, vmid: int) -> list:
+    """Check a replacement order at b (`o1`) against b0's (`o0`) for a region period.
+
+    Entries of levels the region shift divides move (their keys by one region); the
+    others are static (the same entry). Without the static ones, the orders must be
+    equal, moved; each static entry keeps its place (refreshed every period) or moves
+    towards the front by the same number of places (untouched, the entries before it
+    evicted). Returns [(position at b, drift per period)] of the static entries.
+    """
+    ms0, ms1, st0, st1 = [], [], [], []
+    for o, ms, st in ((o0, ms0, st0), (o1, ms1, st1)):
+        for i, e in enumerate(o):
+            if dkey[e[0]] is None:
+                st.append((i, e))
+            else:
+                ms.append(e)
+    if [e for _, e in st0] != [e for _, e in st1] or len(ms0) != len(ms1):
+        raise _NoJump("TLB order out of step")
+    for (l0, k0), (l1, k1) in zip(ms0, ms1):
+        if l0 != l1 or k1 != k0 + dkey[l0] or (k0 & 0xFFFF) != vmid:
+            raise _NoJump("TLB order out of step")
+    out = []
+    drift = set()
+    for (p0, _), (p1, _) in zip(st0, st1):
+        dl = p0 - p1
+        if dl < 0:
+            raise _NoJump("a static TLB entry moved back")
+        if dl:
+            drift.add(dl)
+        out.append((p1, dl))
+    if len(drift) > 1:
+        raise _NoJump("static TLB entries drift apart")
+    return out
+
+
+def _order_moved(o1: list, drift: list, dkey: dict, m: int) -> list:
+    """The order after m region periods: moving entries moved, static ones drifted."""
+    if not drift:
+        return [(lvl, kk + m * dkey[lvl]) for lvl, kk in o1]
+    out = [None] * len(o1)
+    for p1, dl in drift:
+        out[p1 - m * dl] = o1[p1]
+    it = iter([(lvl, kk + m * dkey[lvl]) for lvl, kk in o1 if dkey[lvl] is not None])
+    for i, e in enumerate(out):
+        if e is None:
+            out[i] = next(it)
+    return out
+
+
+def _dicts_follow(items: list, order: list) -> bool:
+    """Whether each level's dict lists its entries in the replacement order's order."""
+    for lvl, it in items:
+        if [kk for kk, _ in it] != [kk for lv, kk in order if lv == lvl]:
+            return False
+    return True
+
+
+def _walk_fifo(w0, w1, wv0, wv1, cap, dkey, vmid, shifts, f0, f1, walk_val):
+    """A full walk cache used as a FIFO over a region period, or None.
+
+    b's order must be b0's with its first a entries evicted and a entries appended,
+    b0's last a moved by one region (the period's fills; nothing refreshed), a >= 1.
+    Entries left behind (an earlier GiB's, the split block's) are then passengers
+    carried to the front and evicted, as one fill at a time would. What the convoy
+    can reach (entries of moving levels from the window on, and the static entries
+    covering it) must be b0's moved, and the static ones must outlive the jump
+    (the caller bounds m). Returns (("fifo", appended, m bound), (values of b's
+    entries, {appended: (b0 pointer, b pointer, gen)}), [(kept entry, value)]).
+    """
+    n = len(w1)
+    d0 = {(lvl, kk): v for lvl, it in wv0 for kk, v in it}
+    d1 = {(lvl, kk): v for lvl, it in wv1 for kk, v in it}
+    for a in range(1, 9):
+        if w1[:n - a] != w0[a:]:
+            continue
+        tail0, add = w0[n - a:], w1[n - a:]
+        ok = True
+        for (l0, k0), (l1, k1) in zip(tail0, add):
+            dd = dkey[l0]
+            if dd is None or l1 != l0 or k1 != k0 + dd or (k0 & 0xFFFF) != vmid:
+                ok = False
+                break
+        if not ok:
+            continue
+        for e in w1[:n - a]:
+            if d0[e] != d1[e]:
+                raise _NoJump("a walk-cache entry changed")
+        addv = {}
+        for e0, e1 in zip(tail0, add):
+            walk_val(d0[e0], d1[e1])
+            addv[e1] = (d0[e0][0],) + d1[e1]
+
+        def reach(e, f):
+            lvl, kk = e
+            return (kk & 0xFFFF) == vmid and ((kk >> 16) + 1) << shifts[lvl] > f
+
+        r0 = {(lv, kk + dkey[lv]) for lv, kk in w0 if dkey[lv] is not None and reach((lv, kk), f0)}
+        r1 = {(lv, kk) for lv, kk in w1 if dkey[lv] is not None and reach((lv, kk), f1)}
+        if r0 != r1:
+            raise _NoJump("a walk cache out of step")
+        # static entries covering the window: read, kept (m bound: not evicted)
+        bound = 1 << 62
+        for p, (lv, kk) in enumerate(w1):
+            if dkey[lv] is None and (kk & 0xFFFF) == vmid and (kk >> 16) == f1 >> shifts[lv]:
+                bound = min(bound, p // a)
+        return ("fifo", add, bound), ({e: d1[e] for e in w1}, addv), \
+            [(e, d1[e]) for e in w1[:n - a]]
+    return None
+
 
 def _mmu_seq(gen):
     """The mmu_notifier_seq a suspended fault handler read before its GUP, or None."""
