@@ -170,3 +170,13 @@ def test_compare_bad_variants(variants, msg, tmp_path, capsys):
                        capsys)
     assert code == 2 and msg in err and err.count("\n") == 1
     assert not path.exists()
+
+
+def test_jitter_option(capsys):
+    code, _, err = cli(["pagetable-test", "-b", "4M", "-v", "2", "-s", "anonymous_thp",
+                        "--jitter", "-3"], capsys)
+    assert code == 2 and "jitter -3" in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    code, out, _ = cli(["pagetable-test", "-b", "4M", "-v", "2", "-s", "anonymous_thp",
+                        "--jitter", "300", "--seed", "4"], capsys)
+    assert code == 0 and "KVM_CREATE_MAPPINGS: total execution time" in out

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from s2sim.cli import main
 from s2sim.errors import ConfigError
 from s2sim.sim.run import run_pagetable_test
 from s2sim.workloads.pagetable_test import TestConfig as Cfg  # (not a pytest class)
@@ -45,23 +44,3 @@ def test_one_vcpu_is_delayed_by_at_most_its_bound_per_fault():
 def test_bad_jitter_refused(bad):
     with pytest.raises(ConfigError, match="jitter"):
         Cfg.make("4", "8M", 2, "anonymous_thp", jitter=bad)
-
-
-def _cli(args: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def test_cli_jitter_option(capsys):
-    code, _, err = _cli(["pagetable-test", "-b", "4M", "-v", "2", "-s", "anonymous_thp",
-                         "--jitter", "-3"], capsys)
-    assert code == 2 and "jitter -3" in err and "Traceback" not in err
-    assert len(err.strip().splitlines()) == 1
-    code, out, _ = _cli(["pagetable-test", "-b", "4M", "-v", "2", "-s", "anonymous_thp",
-                         "--jitter", "300", "--seed", "4"], capsys)
-    assert code == 0 and "KVM_CREATE_MAPPINGS: total execution time" in out
