@@ -59,6 +59,7 @@ from s2sim.arch.tlb import VMALLE1IS, VMALLS12E1IS
 from s2sim.arch.walk import Fault
 from s2sim.kvm import vm
 from s2sim.sim.metrics import KINDS
+from s2sim.sim.tlbsteady import replay_periods
 
 OA = ((1 << 48) - 1)
 OAP = OA & ~0xFFF        # the output-address bits of a page descriptor
@@ -1607,10 +1608,11 @@ class Convoy:
                 continue
             fill, fill_walk = self._raw(tlb, "fill"), self._raw(tlb, "fill_walk")
             inval = self._raw(tlb, "invalidate")
-            periods = [m] if plan["modes"][cpu] == "last" else range(1, m + 1)
             order = tlb._order
             lru = tlb._lru
-            for i in periods:
+
+            def period(i, ops=ops, fill=fill, fill_walk=fill_walk, inval=inval, order=order,
+                       lru=lru):
                 s = i * dp
                 for e in ops:
                     kind = e[0]
@@ -1632,7 +1634,38 @@ class Convoy:
                     else:
                         _, _, op, vmid, ipa, size, ttl = e
                         inval(op, vmid, ipa + s if op in IPA_OPS else ipa, size, ttl)
+
+            if plan["modes"][cpu] == "last":
+                period(m)
+            else:  # every period: the steady ones at once (sim/tlbsteady.py)
+                self.stats["tlb_steady_periods"] += replay_periods(
+                    tlb, period, m, dp, self._op_keys(tlb, ops), self._bulk_cache)
             tlb.evictions = ev0
+
+    def _op_keys(self, tlb, ops: list):
+        """What a period's TLB operations name: (leaf keys, walk-cache (level, IPA)s);
+        None if one names a range."""
+        shifts = tlb.shifts
+        keys, walks = [], []
+        for e in ops:
+            kind = e[0]
+            if kind == "f" or kind == "h":
+                vmid, ipa, lvl = e[2], e[3], e[4]
+                keys.append((lvl, ((ipa >> shifts[lvl]) << 16) | vmid))
+            elif kind == "fw":
+                walks.append((e[4], e[3]))
+            else:
+                _, _, op, vmid, ipa, _, ttl = e
+                if op not in ("IPAS2E1IS", "IPAS2LE1IS"):
+                    return None
+                for lvl, dct in tlb.leaf.items():
+                    # (a level with no entry stays empty unless a period fills it,
+                    # and then its fill is named here)
+                    if dct and (ttl < 0 or lvl == ttl):
+                        keys.append((lvl, ((ipa >> shifts[lvl]) << 16) | vmid))
+                if op == "IPAS2E1IS":
+                    walks.extend((lvl, ipa) for lvl in tlb.walkc)
+        return keys, walks
 
     def _bulk_fills(self, tlb, ops: list, m: int, dp: int) -> None:
         """m periods of fills of new entries at once: what `TLB.fill` would leave.
