@@ -1,0 +1,30 @@
+"""Region periods of anonymous THP runs (sim/convoy.py `_region_jump_tables`) against
+the exact path.
+
+UPDATE and ADJUST of a THP run map 4 KiB pages into level-3 tables that CREATE
+allocated (the huge zero page split, page 0 COW'd): a period of whole regions
+allocates nothing, changes no host state (its GUPs find the zero page or the
+task's own page) and, in UPDATE, spans two segments per region (the write of the
+block's first page, the reads of its second half). Each configuration runs with
+the fast paths on and off and must give the same results and machine state after
+every stage (tests/test_fastpath.py's comparison), with region periods jumped.
+"""
+
+from __future__ import annotations
+
+import pytest
+from test_fastpath import _kw, _run, _same
+
+THP = "anonymous_thp"
+
+
+@pytest.mark.parametrize("kw", [
+    _kw("16M", 20, THP, "v5.11"),
+    _kw("16M", 20, THP, "patch1"),
+    _kw("32M", 3, THP, "v5.11"),
+    _kw("8M", 5, THP, "rfc"),
+], ids=lambda kw: f"{kw['size']}-{kw['vcpus']}v-{kw['variant']}")
+def test_thp_region_periods(kw):
+    stats = _same(kw)
+    assert stats.get("region_jumps_tables", 0) > 0, stats
+    assert stats.get("region_jumps_segments", 0) > 0, stats  # UPDATE: across segments
