@@ -894,14 +894,15 @@ class Convoy:
         self._tregion = rb
         key = ("tables", b.fp[1:], b.x - rb, win["rsize"])
         s0 = self.macro.get(key)
-        if s0 is not None and b.x > s0["b"].x:
+        if s0 is not None and b.x > s0["b"].x and "tlbs" in s0:
             try:
                 return self._region_jump_tables(v, s0, b, win)
             except _NoJump as e:
                 self.why["region: " + str(e)] += 1
         if len(self.macro) >= TEMPLATES:
             self.macro.clear()
-        self.macro[key] = self._snapshot_tables(b, win)
+        # a full snapshot (the TLBs: costly) only once the fingerprint has come back
+        self.macro[key] = {"b": b} if s0 is None else self._snapshot_tables(b, win)
         return None
 
     def _regions_of(self, win: dict):
@@ -1096,7 +1097,7 @@ class Convoy:
         def walk_val(v0, v1):
             (p0, g0), (p1, g1) = v0, v1
             i = rev.get(p0)
-            if i is None or i + L >= epp or table_at(i + L) != p1:
+            if i is None or i > i0 or table_at(i + L) != p1:  # (none ahead of the window)
                 raise _NoJump("walk caches out of step")
             if tables[p0].generation != g0 or tables[p1].generation != g1:
                 raise _NoJump("stale walk-cache pointer")
