@@ -8,7 +8,8 @@ page) and spans two segments per region (the write of the block's first page,
 the reads of its second half). With 4-12 vCPUs the convoy's leader rotates and
 the period is as many regions as vCPUs. Each configuration runs with the fast
 paths on and off and must give the same results and machine state after every
-stage (tests/test_fastpath.py's comparison), with region periods jumped.
+stage (tests/test_fastpath.py's comparison), with region periods jumped. ADJUST's
+periods (one segment) come back only with a few vCPUs.
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ def test_thp_region_periods_of_several_regions():
     # 4 vCPUs: the leader of UPDATE's convoy rotates, the period is 4 regions
     stats = _same(_kw("32M", 4, THP, "v5.11"))
     assert stats.get("region_jumps_multi", 0) > 0 and stats["regions"] >= 4, stats
+
+
+def test_thp_adjust_region_periods():
+    # 4 vCPUs, 16 regions: ADJUST's period (in one segment) reads tables whose walk-cache
+    # entries UPDATE left, all of them: the walk caches stay as they are over the jump
+    stats = _same(_kw("32M", 4, THP, "patch1"))
+    assert stats["region_jumps_tables"] > stats["region_jumps_segments"] > 0, stats
 
 
 def test_thp_update_skips_whole_regions():

@@ -1119,6 +1119,11 @@ class Convoy:
             po = order_plan(o0, o1, tlb.capacity)
             pl = [items_plan(it0, it1, dkey[lvl], leaf_val)
                   for (lvl, it0), (_, it1) in zip(lv0, lv1)]
+            if w0 == w1 and wv0 == wv1:
+                # a walk cache nothing was filled into: it holds every region's entry
+                # (checked below over the jump's regions) and stays as it is
+                plans.append((po, ("same", None), pl, None))
+                continue
             if len(w0) == len(w1) == tlb.walk_capacity and _dicts_follow(wv0, w0) \
                     and _dicts_follow(wv1, w1):
                 fifo = _walk_fifo(w0, w1, wv0, wv1, tlb.walk_capacity, dkey, vmid, shifts,
@@ -1130,8 +1135,26 @@ class Convoy:
             pwi = [items_plan(it0, it1, dkey[lvl], walk_val)
                    for (lvl, it0), (_, it1) in zip(wv0, wv1)]
             plans.append((po, pw, pl, pwi))
+        # walk caches left as they are must hold every region's entry, b0's to the end
+        wsh = shifts[parent.level]
+        for tlb, pl in zip(tlbs, plans):
+            if pl[1][0] != "same":
+                continue
+            dct = tlb.walkc[parent.level]
+            if not tlb._worder:
+                continue  # (empty, nothing filled: its CPU walks nothing, the host's)
+            for q in range(i0, i1 + m * L + 1):
+                pa = table_at(q)
+                if dct.get((((lo + (q << psh)) >> wsh) << 16) | vmid) != \
+                        (pa, tables[pa].generation):
+                    if q <= i1:
+                        raise _NoJump("a walk cache without the period's regions")
+                    m = min(m, (q - 1 - i1) // L)
+                    break
         for pl in plans:
             for kind, x, *rest in pl[:2]:
+                if kind == "same":
+                    continue
                 if kind in ("grow", "fifo"):
                     m = min(m, rest[0])
                     continue
@@ -1177,6 +1200,8 @@ class Convoy:
         for tlb, st0, (o1, lv1, w1, wv1), (po, pw, pl, pwi) in zip(tlbs, s0["tlbs"], now,
                                                                    plans):
             for od, o, (kind, x, *_) in ((tlb._order, o1, po), (tlb._worder, w1, pw)):
+                if kind == "same":
+                    continue
                 od.clear()
                 if kind == "shift":
                     od.update(dict.fromkeys(_order_moved(o, x, dkey, m)))
@@ -1205,6 +1230,8 @@ class Convoy:
                     add = it[len(it) - len(tail0):]
                     dct.update([(kk + i * dd, dsc + i * dx) for i in range(1, m + 1)
                                 for kk, dsc in add])
+            if pw[0] == "same":
+                continue
             if pw[0] == "fifo":  # the dicts follow the replacement order
                 for dct in tlb.walkc.values():
                     dct.clear()
