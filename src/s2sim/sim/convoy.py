@@ -41,11 +41,12 @@ on. Anonymous 4K GUPs in flight (zero page, allocation, COW, MMU-notifier
 pairs; sim/hostmm.py) are fingerprinted, relabelled and replayed (`_apply`).
 Periods of whole regions, which allocate the next region's table, are checked
 under a renaming of recently allocated table pages and jumped by setting the
-state directly (`_try_region`, `_region_jump`). Anonymous THP runs' periods of L whole
-regions over tables that exist (UPDATE, allocating nothing, its GUPs finding present
-pages) rename table pages through the parent table and may span segments (moved by
-`Vcpu.skip_segs`; `_region_jump_tables`). The result is the exact path's, number for
-number; tests/test_fastpath.py and tests/test_region_thp.py check it on many configurations.
+state directly (`_try_region`, `_region_jump`). Anonymous THP runs' periods of L
+whole regions over tables that exist (UPDATE, some ADJUSTs: allocating nothing, their
+GUPs finding present pages) rename table pages through the parent table and may span
+segments (moved by `Vcpu.skip_segs`; `_region_jump_tables`). The result is the exact
+path's, number for number; tests/test_fastpath.py and tests/test_region_thp.py check
+it on many configurations.
 """
 
 from __future__ import annotations
