@@ -41,8 +41,12 @@ on. Anonymous 4K GUPs in flight (zero page, allocation, COW, MMU-notifier
 pairs; sim/hostmm.py) are fingerprinted, relabelled and replayed (`_apply`).
 Periods of whole regions, which allocate the next region's table, are checked
 under a renaming of recently allocated table pages and jumped by setting the
-state directly (`_try_region`, `_region_jump`). The result is the exact path's, number for
-number; tests/test_fastpath.py checks it on many configurations.
+state directly (`_try_region`, `_region_jump`). Anonymous THP runs' periods of L
+whole regions over tables that exist (UPDATE, some ADJUSTs: allocating nothing, their
+GUPs finding present pages) rename table pages through the parent table and may span
+segments (moved by `Vcpu.skip_segs`; `_region_jump_tables`). The result is the exact
+path's, number for number; tests/test_fastpath.py and tests/test_region_thp.py check
+it on many configurations.
 """
 
 from __future__ import annotations
@@ -70,6 +74,7 @@ REGION_JUMPS = True      # periods of whole regions (one table page each), see _
 REGION_OFFSETS = 8       # boundaries this close to a region's start are region-period candidates
 REGION_REACH = 256       # recently allocated table pages a region period may reference
 REGION_KMAX = 4          # table pages a region period may allocate
+REGION_PERIOD_MAX = 32   # regions a period over existing tables may span (THP)
 IPA_OPS = ("IPAS2E1IS", "IPAS2LE1IS", "RIPAS2E1IS", "RIPAS2LE1IS")
 
 
@@ -153,6 +158,7 @@ class Convoy:
         self._front = None
         self.macro: dict = {}      # (fingerprint, offset in region) -> a snapshot (_snapshot)
         self._tlog: list = []      # table pages written (or refcounted), in order
+        self._tregion = -1         # the region of the last THP region-period candidate
         self._reset()
         self._install()
 
@@ -445,6 +451,8 @@ class Convoy:
         memcache, the memcache is topped up from the allocator), so the fingerprint is
         extended symbolically (`_region_jump`). Returns None when nothing was jumped.
         """
+        if self.host.thp:
+            return self._try_region_tables(v, b, win)
         if self.host.mm or self.metrics._open or len(win["path"]) < 2:
             return None
         off = b.x - win["rbase"]
@@ -874,6 +882,405 @@ class Convoy:
                     raise _NoJump("dirty pages in the region period")
                 bad = min(bad, min(hits))
         return min(m, (bad - 1 - far) // dx)
+
+    # --- region periods over existing tables (THP UPDATE and ADJUST) --------------------
+    def _try_region_tables(self, v, b: _Boundary, win: dict):
+        """A THP region period: the first boundary of a region against the first one of
+        an earlier region with the same fingerprint and offset (`_region_jump_tables`).
+        Returns None when nothing was jumped."""
+        if self.metrics._open or len(win["path"]) < 2 or self.slot.base % win["rsize"]:
+            return None
+        for t in self.machine.tlbs:
+            if t.capacity is None or t.walk_capacity is None:
+                return None
+        rb = win["rbase"]
+        if rb == self._tregion:
+            return None  # one candidate per region: its first boundary
+        self._tregion = rb
+        key = ("tables", b.fp[1:], b.x - rb, win["rsize"])
+        s0 = self.macro.get(key)
+        if s0 is not None and b.x > s0["b"].x and "tlbs" in s0:
+            try:
+                return self._region_jump_tables(v, s0, b, win)
+            except _NoJump as e:
+                self.why["region: " + str(e)] += 1
+        if len(self.macro) >= TEMPLATES:
+            self.macro.clear()
+        # a full snapshot (the TLBs: costly) only once the fingerprint has come back
+        self.macro[key] = {"b": b} if s0 is None else self._snapshot_tables(b, win)
+        return None
+
+    def _regions_of(self, win: dict):
+        """(parent table page, its shift, IPA of its entry 0, dirty offsets by entry)."""
+        geo = self.geo
+        parent = win["path"][-2][1]
+        psh = geo.shifts[parent.level]
+        lo = win["rbase"] & ~((geo.entries_per_table << psh) - 1)
+        msk = (1 << psh) - 1
+        dby: dict = {}
+        for y in self.slot.dirty:
+            dby.setdefault((y - lo) >> psh, []).append(y & msk)
+        return parent, psh, lo, {i: tuple(sorted(ys)) for i, ys in dby.items()}
+
+    def _region_state(self, parent, i: int, psh: int, lo: int, dby: dict):
+        """What a fault or walk in the region of the parent's entry i can read,
+        normalised: its table's refcount and entries (descriptors minus the region's
+        PA), the host region's state and the dirty pages. None without a table."""
+        if not 0 <= i < self.geo.entries_per_table:
+            return None
+        e = int(parent.entries[i])
+        if e & 3 != 3:
+            return None
+        p = self.machine.mem.tables.get(e & self.geo.table_mask)
+        slot = self.slot
+        ipa = lo + (i << psh)
+        if p is None or p.level != 3 or ipa < slot.base \
+                or ipa + (1 << psh) > slot.base + slot.size:
+            return None
+        pa = slot.pa_of(ipa)
+        ev = p.view()
+        h = self.host.regions.get(pa)
+        return (p.refcount, np.where(ev != 0, ev - np.uint64(pa), ev).tobytes(),
+                None if h is None else tuple(h), dby.get(i, ()))
+
+    def _snapshot_tables(self, b: _Boundary, win: dict) -> dict:
+        parent, psh, lo, dby = self._regions_of(win)
+        i0 = (b.x >> psh) & (self.geo.entries_per_table - 1)
+        fresh = self._region_state(parent, i0 + 1, psh, lo, dby)
+        n = 0  # regions ahead that look alike (normalised)
+        while fresh is not None and n < REGION_PERIOD_MAX + 2 and \
+                self._region_state(parent, i0 + 1 + n, psh, lo, dby) == fresh:
+            n += 1
+        mem = self.machine.mem
+        return {"b": b, "tlbs": [self._tlb_state(t) for t in self.machine.tlbs],
+                "mc": [[p.pa for p in u.mc.pages] for u in self.vcpus],
+                "parent": (parent.pa, parent.view().copy(), parent.refcount), "i0": i0,
+                "cur": self._region_state(parent, i0, psh, lo, dby), "fresh": fresh,
+                "ahead": n, "tpos": len(self._tlog), "first": win["first"],
+                "free": len(mem._free), "ready": len(self.host.ready)}
+
+    def _region_jump_tables(self, v, s0: dict, b: _Boundary, win: dict) -> int:
+        """Skip m periods of L whole regions at once, exactly, where the regions' tables
+        exist (THP UPDATE and ADJUST: allocated in CREATE, anywhere).
+
+        `b` and the snapshot's boundary b0 (L regions back, same offset) have equal
+        fingerprints. The period allocated and freed nothing, changed no host state
+        (no THP event, no MMU notifier: its GUPs found present pages), wrote only the
+        tables of regions b0's .. b's, and moved the agents by L regions (in one
+        segment, or by whole segments of the same shape). Table pages are renamed
+        through the parent table: phi maps the table of the parent's entry i to the
+        one of entry i + L. The state at b must be b0's under phi: every TLB entry
+        (as in `_region_jump`), the memcaches and the parent (unchanged), b's region
+        (table entries shifted, refcount, host state, dirty pages) b0's, and the
+        regions ahead like the one after b0's. The state after m periods is set
+        directly: region q of the m*L gets the contents of the region it repeats
+        (q - j*L, j periods on), shifted; TLBs as in `_region_jump`.
+        """
+        b0 = s0["b"]
+        geo, mem, host, slot = self.geo, self.machine.mem, self.host, self.slot
+        rsize = win["rsize"]
+        dx, period = b.x - b0.x, b.t - b0.t
+        dsi, dk = b.si - b0.si, b.k - b0.k
+        if period <= 0 or dx <= 0 or dx % rsize or b.stride != b0.stride or dsi < 0 or \
+                (dk * b.stride != dx if dsi == 0 else dk != 0):
+            raise _NoJump("positions out of step with the region")
+        L = dx // rsize
+        if L > REGION_PERIOD_MAX or s0["ahead"] < L + 1:
+            raise _NoJump("regions ahead of b0's differ")
+        c0, c1 = b0.counters, b.counters
+        if c0["hostc"] != c1["hostc"] or c0["seq"] != c1["seq"] or c0["host"] != c1["host"] \
+                or len(host.ready) != s0["ready"] or host.active:
+            raise _NoJump("host state changed")
+        if c0["mem"] != c1["mem"] or len(mem._free) != s0["free"]:
+            raise _NoJump("table pages allocated or freed")
+        if [[p.pa for p in u.mc.pages] for u in self.vcpus] != s0["mc"]:
+            raise _NoJump("memcaches differ")
+        parent, psh, lo, dby = self._regions_of(win)
+        ppa, pv0, pref0 = s0["parent"]
+        pv = parent.view()
+        if parent.pa != ppa or parent.refcount != pref0 or not np.array_equal(pv, pv0):
+            raise _NoJump("the parent table changed")
+        epp = geo.entries_per_table
+        i0, i1 = s0["i0"], (b.x >> psh) & (epp - 1)
+        if i1 != i0 + L:
+            raise _NoJump("another parent table")
+        tm = geo.table_mask
+        rev = {int(pv[i]) & tm: int(i) for i in np.flatnonzero((pv & np.uint64(3)) == 3)}
+
+        def table_at(i):
+            return int(pv[i]) & tm
+
+        for pa in set(self._tlog[s0["tpos"]:]):
+            i = rev.get(pa)
+            if i is None or not i0 <= i <= i1:
+                raise _NoJump("a table page written outside the period's regions")
+        if self._region_state(parent, i1, psh, lo, dby) != s0["cur"]:
+            raise _NoJump("the region out of step")
+        # how many periods: the segments, the regions ahead (alike), the parent
+        vcpus = [u for u in self.vcpus if u.agent.gen.gi_frame is not None]
+        segs = v.segments
+        if dsi == 0:
+            m = (win["seg_end"] - 1 - win["last"]) // dx
+        else:
+            m = (len(segs) - 1 - b.si) // dsi
+            for u in vcpus:
+                if u.segments != segs:
+                    raise _NoJump("the vCPUs' segments differ")
+            for s in range(b0.si, b.si + m * dsi - dsi + 1):
+                st, sd, n, acc = segs[s]
+                if segs[s + dsi] != (st + dx, sd, n, acc):
+                    m = (s - b0.si) // dsi
+                    break
+        m = min(m, (epp - 1 - i1) // L)
+        fresh = s0["fresh"]
+        for q in range(i1 + 1, i1 + m * L + 1):
+            if self._region_state(parent, q, psh, lo, dby) != fresh:
+                m = min(m, (q - 1 - i1) // L)
+                break
+        # TLBs: as in _region_jump, table pages renamed by phi
+        shifts = geo.shifts
+        vmid = self.vmid
+        dkey = {lvl: ((dx >> shifts[lvl]) << 16 if dx % (1 << shifts[lvl]) == 0 else None)
+                for lvl in range(geo.start_level, 4)}
+        tlbs = self.machine.tlbs
+        tables = mem.tables
+        f0, f1 = s0["first"], win["first"]
+
+        def reach(e, f):
+            lvl, kk = e
+            return (kk & 0xFFFF) == vmid and ((kk >> 16) + 1) << shifts[lvl] > f
+
+        def order_plan(o0, o1, cap):
+            n0, n1 = len(o0), len(o1)
+            if n0 == n1:
+                return ("shift", _order_drift(o0, o1, dkey, vmid))
+            # not full yet: b0's moving entries kept in place, the period's appended;
+            # static ones (refreshed every period) at the same place from the end
+            a = n1 - n0
+            st0 = [(n0 - i, e) for i, e in enumerate(o0) if dkey[e[0]] is None]
+            st1 = [(n1 - i, e) for i, e in enumerate(o1) if dkey[e[0]] is None]
+            mo0 = [e for e in o0 if dkey[e[0]] is not None]
+            mo1 = [e for e in o1 if dkey[e[0]] is not None]
+            n0 = len(mo0)
+            if st0 != st1 or a <= 0 or a > n0 or mo1[:n0] != mo0:
+                raise _NoJump("TLB sizes differ")
+            for (l0, k0), (l1, k1) in zip(mo0[n0 - a:], mo1[n0:]):
+                dd = dkey[l0]
+                if l1 != l0 or k1 != k0 + dd or (k0 & 0xFFFF) != vmid:
+                    raise _NoJump("a TLB grows out of step")
+            r0 = {(lv, kk + dkey[lv]) for lv, kk in mo0 if reach((lv, kk), f0)}
+            r1 = {(lv, kk) for lv, kk in mo1 if reach((lv, kk), f1)}
+            if r0 != r1:
+                raise _NoJump("a TLB grows out of step")
+            return ("grow", mo1[n0:], (cap - n1) // a, mo1, st1)
+
+        def items_plan(it0, it1, dd, val):
+            n0, n1 = len(it0), len(it1)
+            if dd is None:
+                if it0 != it1:
+                    raise _NoJump("TLB entries differ")
+                return None
+            if n0 == n1:
+                for (k0, v0), (k1, v1) in zip(it0, it1):
+                    if k1 != k0 + dd:
+                        raise _NoJump("TLB entries out of step")
+                    val(v0, v1)
+                return None
+            a = n1 - n0
+            if a < 0 or a > n0 or it1[:n0] != it0:
+                raise _NoJump("TLB entries differ")
+            for (k0, v0), (k1, v1) in zip(it0[n0 - a:], it1[n0:]):
+                if k1 != k0 + dd:
+                    raise _NoJump("TLB entries out of step")
+                val(v0, v1)
+            return it0[n0 - a:]
+
+        def leaf_val(d0, d1):
+            if d1 != d0 + dx:
+                raise _NoJump("TLB entries out of step")
+
+        def walk_val(v0, v1):
+            (p0, g0), (p1, g1) = v0, v1
+            i = rev.get(p0)
+            if i is None or i > i0 or table_at(i + L) != p1:  # (none ahead of the window)
+                raise _NoJump("walk caches out of step")
+            if tables[p0].generation != g0 or tables[p1].generation != g1:
+                raise _NoJump("stale walk-cache pointer")
+
+        def ren(p, j):
+            return table_at(rev[p] + j * L)
+
+        now, plans = [], []
+        for tlb, st0 in zip(tlbs, s0["tlbs"]):
+            st1 = self._tlb_state(tlb)
+            now.append(st1)
+            (o0, lv0, w0, wv0), (o1, lv1, w1, wv1) = st0, st1
+            if sum(len(it) for _, it in lv1) != len(o1) or \
+                    sum(len(it) for _, it in wv1) != len(w1):
+                raise _NoJump("TLB sizes differ")
+            po = order_plan(o0, o1, tlb.capacity)
+            pl = [items_plan(it0, it1, dkey[lvl], leaf_val)
+                  for (lvl, it0), (_, it1) in zip(lv0, lv1)]
+            if w0 == w1 and wv0 == wv1:
+                # a walk cache nothing was filled into: it holds every region's entry
+                # (checked below over the jump's regions) and stays as it is
+                plans.append((po, ("same", None), pl, None))
+                continue
+            if len(w0) == len(w1) == tlb.walk_capacity and _dicts_follow(wv0, w0) \
+                    and _dicts_follow(wv1, w1):
+                fifo = _walk_fifo(w0, w1, wv0, wv1, tlb.walk_capacity, dkey, vmid, shifts,
+                                  f0, f1, walk_val)
+                if fifo is not None:
+                    plans.append((po, fifo[0], pl, fifo[1]))
+                    continue
+            pw = order_plan(w0, w1, tlb.walk_capacity)
+            pwi = [items_plan(it0, it1, dkey[lvl], walk_val)
+                   for (lvl, it0), (_, it1) in zip(wv0, wv1)]
+            plans.append((po, pw, pl, pwi))
+        # walk caches left as they are must hold every region's entry, b0's to the end
+        wsh = shifts[parent.level]
+        for tlb, pl in zip(tlbs, plans):
+            if pl[1][0] != "same":
+                continue
+            dct = tlb.walkc[parent.level]
+            if not tlb._worder:
+                continue  # (empty, nothing filled: its CPU walks nothing, the host's)
+            for q in range(i0, i1 + m * L + 1):
+                pa = table_at(q)
+                if dct.get((((lo + (q << psh)) >> wsh) << 16) | vmid) != \
+                        (pa, tables[pa].generation):
+                    if q <= i1:
+                        raise _NoJump("a walk cache without the period's regions")
+                    m = min(m, (q - 1 - i1) // L)
+                    break
+        for pl in plans:
+            for kind, x, *rest in pl[:2]:
+                if kind == "same":
+                    continue
+                if kind in ("grow", "fifo"):
+                    m = min(m, rest[0])
+                    continue
+                for p1, dl in x:
+                    if dl:
+                        m = min(m, p1 // dl)
+        if m < 1:
+            raise _NoJump("no room for a region")
+        for pl in plans:
+            for kind, dr, *_ in pl[:2]:
+                if kind == "shift" and dr and len({p1 - m * dl for p1, dl in dr}) != len(dr):
+                    raise _NoJump("static TLB entries would meet")
+        for pl, st1 in zip(plans, now):
+            kind, add = pl[1][:2]
+            if kind == "fifo":
+                new = [(lvl, kk + i * dkey[lvl]) for i in range(1, m + 1) for lvl, kk in add]
+                if len(set(new)) != len(new) or not set(new).isdisjoint(st1[2]):
+                    raise _NoJump("a walk cache would refill an entry")
+        # --- apply (nothing has moved yet; _apply may still refuse) ---
+        srcs = {}
+        for i in range(i0, i1 + 1):
+            p = tables[table_at(i)]
+            if p.watch:
+                raise _NoJump("a read batch on a region's table")
+            srcs[i] = (p.refcount, p.view().copy(), dby.get(i, ()))
+        self._apply(b0, b, win, None, m, dx, period)
+        for u in vcpus:
+            u.skip_segs += m * dsi
+            u.seg += m * dsi
+        dirty = slot.dirty
+        for q in range(i1, i1 + m * L + 1):
+            j = min(m, (q - i0) // L)
+            ref, e, dl = srcs[q - j * L]
+            p = tables[table_at(q)]
+            p.refcount = ref
+            p.view()[:] = np.where(e != 0, e + np.uint64(j * dx), e)
+            qb = lo + (q << psh)
+            for y in dby.get(q, ()):
+                set.discard(dirty, qb + y)
+            for y in dl:
+                set.add(dirty, qb + y)
+        A = m * dx
+        for tlb, st0, (o1, lv1, w1, wv1), (po, pw, pl, pwi) in zip(tlbs, s0["tlbs"], now,
+                                                                   plans):
+            for od, o, (kind, x, *_) in ((tlb._order, o1, po), (tlb._worder, w1, pw)):
+                if kind == "same":
+                    continue
+                od.clear()
+                if kind == "shift":
+                    od.update(dict.fromkeys(_order_moved(o, x, dkey, m)))
+                elif kind == "fifo":
+                    fin = o + [(lvl, kk + i * dkey[lvl]) for i in range(1, m + 1)
+                               for lvl, kk in x]
+                    od.update(dict.fromkeys(fin[len(fin) - len(o):]))
+                else:
+                    mo, st = _[1], _[2]
+                    fin = mo + [(lvl, kk + i * dkey[lvl]) for i in range(1, m + 1)
+                                for lvl, kk in x]
+                    for p, e in reversed(st):  # (from the end: each at its place)
+                        fin.insert(len(fin) + 1 - p, e)
+                    od.update(dict.fromkeys(fin))
+            for (lvl, it), tail0 in zip(lv1, pl):
+                dct = tlb.leaf[lvl]
+                dct.clear()
+                dd = dkey[lvl]
+                if dd is None:
+                    dct.update(it)
+                elif tail0 is None:
+                    md = m * dd
+                    dct.update([(kk + md, dsc + A) for kk, dsc in it])
+                else:
+                    dct.update(it)
+                    add = it[len(it) - len(tail0):]
+                    dct.update([(kk + i * dd, dsc + i * dx) for i in range(1, m + 1)
+                                for kk, dsc in add])
+            if pw[0] == "same":
+                continue
+            if pw[0] == "fifo":  # the dicts follow the replacement order
+                for dct in tlb.walkc.values():
+                    dct.clear()
+                old_v, add_v = pwi
+                for e in tlb._worder:
+                    val = old_v.get(e)
+                    if val is None:
+                        lvl, kk = e
+                        i = next(i for i in range(1, m + 1)
+                                 if (lvl, kk - i * dkey[lvl]) in add_v)
+                        p1 = ren(add_v[(lvl, kk - i * dkey[lvl])][1], i)
+                        val = (p1, tables[p1].generation)
+                    tlb.walkc[e[0]][e[1]] = val
+                continue
+            for (lvl, it), tail0 in zip(wv1, pwi):
+                dct = tlb.walkc[lvl]
+                dct.clear()
+                dd = dkey[lvl]
+                if dd is None:
+                    dct.update(it)
+                elif tail0 is None:
+                    md = m * dd
+                    for kk, (p1, _) in it:
+                        p1 = ren(p1, m)
+                        dct[kk + md] = (p1, tables[p1].generation)
+                else:
+                    dct.update(it)
+                    add = it[len(it) - len(tail0):]
+                    for i in range(1, m + 1):
+                        for kk, (p1, _) in add:
+                            p1 = ren(p1, i)
+                            dct[kk + i * dd] = (p1, tables[p1].generation)
+        self.stats["region_jumps"] += 1
+        self.stats["region_jumps_tables"] += 1
+        if dsi:
+            self.stats["region_jumps_segments"] += 1
+        if L > 1:
+            self.stats["region_jumps_multi"] += 1  # (periods of several regions)
+        self.stats["regions"] += m * L
+        self.stats["ns"] += m * period
+        self.stats["faults"] += m * (sum(n for _, n in c1["mc2"][0])
+                                     - sum(n for _, n in c0["mc2"][0]))
+        self.stats["accesses"] += m * (c1["m"][8] - c0["m"][8])
+        self.macro.clear()
+        del self._tlog[:]
+        self._reset()
+        return 0
 
     def _trim(self) -> None:
         if len(self.bounds) > HISTORY:

@@ -63,6 +63,7 @@ class Vcpu:
         self.seg = 0                 # index of the current segment
         self.k = 0                   # index of the current access in it
         self.skip = 0                # accesses to skip at the next loop top (fast-forward)
+        self.skip_segs = 0           # whole segments to skip there, k kept (fast-forward)
         self.last_fault_ipa, self.repeats = -1, 0
         self.cur_fault: Fault | None = None   # the fault being handled, if any
         self.kvm_gen = None                   # KVM's generator for it
@@ -85,7 +86,10 @@ class Vcpu:
         ff = self.ff
         self.segments = segments
         self.last_fault_ipa, self.repeats = -1, 0
-        for si, (start, stride, count, access) in enumerate(segments):
+        si = -1
+        while si + 1 < len(segments):
+            si += 1
+            start, stride, count, access = segments[si]
             self.seg = si
             wave_base = si << 40
             k = 0
@@ -94,8 +98,18 @@ class Vcpu:
                     if self.skip:
                         k += self.skip
                         self.skip = 0
+                    if self.skip_segs:
+                        # a region period across segments (sim/convoy.py): the same
+                        # position in a later segment of the same shape, shifted
+                        si += self.skip_segs
+                        self.skip_segs = 0
+                        start, stride, count, access = segments[si]
+                        self.seg = si
+                        wave_base = si << 40
                     if wave_base | k > ff.wave and not engine.batches:
                         k += ff.reach(self, si, k)
+                        if self.skip_segs:
+                            continue  # (moved to a later segment: at the loop top)
                 self.k = k
                 ipa = start + k * stride
                 r = translate(cpu, vttbr, ipa, access)
