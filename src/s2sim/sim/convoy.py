@@ -2234,6 +2234,21 @@ class Convoy:
             if not walk_fixed:
                 raise _NoJump("convoys: walk-cache keys would move")
             modes[cpu] = "last" if (leaf_wipe or (leaf_fixed and not ev)) else "all"
+            # the replay must not evict either: an upper bound of the TLB's size through
+            # the periods replayed (every fill counted as new; a whole-VMID flush leaves
+            # the other VMIDs' entries)
+            tlb = self.machine.tlbs[cpu]
+            if tlb.capacity is not None:
+                other = sum(1 for _, kk in tlb._order if (kk & 0xFFFF) != self.vmid)
+                occ = len(tlb._order)
+                for _ in range(1 if modes[cpu] == "last" else m):
+                    for _, e in ops:
+                        if e[0] == "f":
+                            occ += 1
+                            if occ > tlb.capacity:
+                                raise _NoJump("convoys: the replay could evict")
+                        elif e[0] == "i" and e[2] in (VMALLE1IS, VMALLS12E1IS):
+                            occ = other
         return {"writes": wr, "refs": refs, "tlb": tlbops, "modes": modes, "dirty": dirty,
                 "hops": hops}
 
