@@ -47,12 +47,26 @@ GUPs finding present pages) rename table pages through the parent table and may 
 segments (moved by `Vcpu.skip_segs`; `_region_jump_tables`). The result is the exact
 path's, number for number; tests/test_fastpath.py and tests/test_region_thp.py check
 it on many configurations.
+
+Several convoys at different rates (anonymous 4K CREATE: the readers two pages per
+writer page, phase-locked through mmu_lock, mmu_notifier_seq and the broadcast TLBIs,
+the gap between them growing): the agents are clustered by position (`_groups`), each
+group is fingerprinted relative to its own front page in its own window, the shared
+state with addresses relative to the group they belong to (`_gfingerprint`). A period
+repeats with each group shifted by its own whole number of pages; every recorded effect
+is attributed to the group whose swept range holds its IPA (the ranges apart, each in
+one region; whole-VMID TLBIs to none) and replayed shifted by that group's advance
+(`_gplan`, `_gapply`). A trailing group may only reach pages the groups ahead left at
+the boundary (they only move away), which `_ahead_ok` checks like any pages ahead; TLBs
+must neither evict nor fill up. Verified periods are kept for each of their boundaries
+(phases), so the boundary after a jump, or after a region change, is jumped from at once
+(`_gkeep`, `_gtemplate`). tests/test_two_convoys.py checks it against the exact path.
 """
 
 from __future__ import annotations
 
 from collections import Counter, deque
-from itertools import islice, repeat
+from itertools import islice, pairwise, repeat
 from operator import itemgetter
 from types import GeneratorType
 
@@ -70,11 +84,14 @@ OAP = OA & ~0xFFF        # the output-address bits of a page descriptor
 MARGIN = 1               # pages of data beyond the agents' positions in a fingerprint
 HISTORY = 4096           # boundaries remembered when looking for a period
 TEMPLATES = 256          # verified periods kept for reuse in later regions
+GTEMPLATES = 4096        # boundaries of verified periods of several convoys kept (_gkeep)
 REGION_JUMPS = True      # periods of whole regions (one table page each), see _try_region
 REGION_OFFSETS = 8       # boundaries this close to a region's start are region-period candidates
 REGION_REACH = 256       # recently allocated table pages a region period may reference
 REGION_KMAX = 4          # table pages a region period may allocate
 REGION_PERIOD_MAX = 32   # regions a period over existing tables may span (THP)
+GROUPS = True            # convoys at different rates (anonymous 4K CREATE), see _try_groups
+GROUP_GAP = 2 * MARGIN + 2  # pages between two agents' positions that make two convoys
 IPA_OPS = ("IPAS2E1IS", "IPAS2LE1IS", "RIPAS2E1IS", "RIPAS2LE1IS")
 
 
@@ -105,6 +122,13 @@ class _Boundary:
     def __init__(self, t, k, si, x, fp, counters, log_at, stride):
         self.t, self.k, self.si, self.x, self.fp = t, k, si, x, fp
         self.counters, self.log_at, self.stride = counters, log_at, stride
+
+
+class _GBoundary(_Boundary):
+    """A boundary of several convoys: also each window's (first, last, region base,
+    walk path), for templates (`_gkeep`)."""
+
+    __slots__ = ("wins",)
 
 
 class _RecordingSet(set):
@@ -152,6 +176,7 @@ class Convoy:
     # --- stage control -------------------------------------------------------------
     def begin(self) -> None:
         self.templates: dict = {}  # fingerprint -> a verified period (see _try_template)
+        self.gtemplates: dict = {}  # the same for several convoys (_gtemplate)
         self.wave = -1
         self.on = True
         self._max_grant = (-1, -1)
@@ -322,6 +347,10 @@ class Convoy:
             self.macro.clear()
             del self._tlog[:]
         t = self.engine.now
+        if GROUPS and self._anon4k:
+            groups = self._groups(si, stride)
+            if groups is not None:
+                return self._try_groups(v, si, stride, groups, t)
         fp, win = self._fingerprint(si, k, x, t, stride)
         counters = self._counters()
         b = _Boundary(t, k, si, x, fp, counters, len(self.log), stride)
@@ -2140,6 +2169,692 @@ class Convoy:
         for lvl, dct in add[1].items():
             leaf[lvl].update(dct)
 
+    # --- convoys at different rates ------------------------------------------------------
+    def _groups(self, si: int, stride: int):
+        """The agents (not finished) clustered by position: [[lo, hi, [vCPUs]]] in position
+        order (page indices of the segment, faults in flight included), or None when they
+        form one convoy (or cannot be placed: the one-convoy path decides)."""
+        pts = []
+        for v in self.vcpus:
+            live = v.agent.gen.gi_frame is not None
+            if not live and not v.in_gup and v.cur_fault is None:
+                continue  # finished
+            if not live or v.seg != si:
+                return None
+            lo = hi = v.k + v.skip
+            f = v.cur_fault
+            if f is not None:
+                rel = f.ipa - v.segments[si][0]
+                if rel % stride:
+                    return None
+                lo, hi = min(lo, rel // stride), max(hi, rel // stride)
+            pts.append((lo, hi, v.cpu, v))
+        pts.sort(key=itemgetter(0, 2))
+        groups: list = []
+        for lo, hi, _, v in pts:
+            if groups and lo <= groups[-1][1] + GROUP_GAP:
+                g = groups[-1]
+                g[1] = max(g[1], hi)
+                g[2].append(v)
+            else:
+                groups.append([lo, hi, [v]])
+        return groups if len(groups) > 1 else None
+
+    def _try_groups(self, v, si: int, stride: int, groups: list, t: int) -> int:
+        """A boundary while the agents form several convoys (anonymous 4K CREATE: the
+        readers run ahead of the writers, 2 pages to 1, phase-locked through mmu_lock,
+        the MMU notifier and the broadcast TLBIs).
+
+        Each convoy (group) is fingerprinted relative to its own front page x_g (its
+        window: `_window`), the shared state (agents' program points, heap, lock,
+        pending TLBIs, notifier count, open invalid windows) with every address relative
+        to the x_g of the group it belongs to. When the fingerprint repeats, each group
+        has advanced by its own whole number of pages and the period is jumped with a
+        shift per group (`_gjump`).
+        """
+        fp, wins, gof = self._gfingerprint(si, stride, groups, t)
+        b = _GBoundary(t, tuple(w["k"] for w in wins), si, tuple(w["x"] for w in wins), fp,
+                       self._counters(), len(self.log), stride)
+        b.wins = [(w["first"], w["last"], w["rbase"], w["path"]) for w in wins]
+        prev = self.index.get(fp)
+        self.bounds.append(b)
+        self.index[fp] = len(self.bounds) - 1
+        if prev is None:
+            tpl = self.gtemplates.get(fp[1:])
+            if tpl is not None:
+                try:
+                    return self._gtemplate(tpl, b, wins, gof)
+                except _NoJump as e:  # nothing moved: the history stays valid
+                    self.why["convoys template: " + str(e)] += 1
+            self._trim()
+            return 0
+        b0 = self.bounds[prev]
+        if b0.si != si or b0.stride != stride:
+            return 0
+        self._gkeep(prev)
+        return self._gjump(b0, b, wins, gof)
+
+    def _gkeep(self, prev: int) -> None:
+        """Keep a verified period (bounds[prev] -> the last one) as templates, one per
+        boundary in it (its phase j): a later boundary with the fingerprint of the
+        period's j-th (after a jump, or in the next region) is jumped from at once."""
+        bnds = self.bounds[prev:]
+        b0, b = bnds[0], bnds[-1]
+        stride = b.stride
+        if b0.counters["mem"] != b.counters["mem"]:
+            return
+        spans = []
+        for (first, last, rbase, _), k0, k1 in zip(b.wins, b0.k, b.k):
+            lo = first - (k1 - k0) * stride
+            if k1 <= k0 or lo < rbase:
+                return  # (a group did not advance, or changed region in the period)
+            spans.append((lo, last + stride))
+        for c, e in pairwise(spans):
+            if c[1] > e[0]:
+                return
+        # every boundary of the period on the same table pages as the last one
+        pages = [tuple(pg.pa for _, pg in w[3]) for w in b.wins]
+        for bb in bnds:
+            if [tuple(pg.pa for _, pg in w[3]) for w in bb.wins] != pages:
+                return
+        if len(self.gtemplates) + len(bnds) > GTEMPLATES:
+            self.gtemplates.clear()
+        base = (bnds, self.log[b0.log_at:b.log_at], spans)
+        for j, bb in enumerate(bnds[:-1]):
+            self.gtemplates[bb.fp[1:]] = (base, j)
+
+    def _gtemplate(self, tpl: tuple, b: _Boundary, wins: list, gof: dict) -> int:
+        """`_try_template` for several convoys: boundary `b` has the fingerprint of the
+        j-th boundary bj of a verified period b0 -> bn, so the period ending at b is the
+        one from bj to its repeat b(n+j) (the period's log from bj on, then its log up to
+        bj one period later), each group shifted by its own F_g = x_g(b) - x_g(b(n+j)).
+        A group may have changed region: its table page is renamed, bn's to b's. The
+        effects are shifted group by group and jumped as if recorded just now."""
+        (bnds, log, spans), j = tpl
+        b0, bn, bj = bnds[0], bnds[-1], bnds[j]
+        if bn.stride != b.stride:
+            raise _NoJump("another stride")
+        geo = self.geo
+        shifts = geo.shifts
+        stride = b.stride
+        dps = [(k1 - k0) * stride for k0, k1 in zip(b0.k, bn.k)]
+        Fs = [x - xj - dp for x, xj, dp in zip(b.x, bj.x, dps)]
+        # (_gjump's room for one period at least, checked before the log is built)
+        for w, dp in zip(wins, dps):
+            if min(w["rbase"] + w["rsize"], w["seg_end"]) - 1 - w["last"] < dp:
+                raise _NoJump("convoys: no room")
+        for w, c, dp in zip(wins, wins[1:], dps):
+            if c["first"] - 1 - w["last"] < dp:
+                raise _NoJump("convoys: no room")
+        if min(F + dp for F, dp in zip(Fs, dps)) <= 0 or \
+                any(F % geo.granule_size for F in Fs):
+            raise _NoJump("not a whole number of pages ahead")
+        # table pages: bn's windows' paths -> b's, per group
+        pmaps = []
+        for gi, w in enumerate(wins):
+            cur = {lvl: pg for lvl, pg in w["path"]}
+            pmap = {}
+            for lvl, pg in bn.wins[gi][3]:
+                c = cur.get(lvl)
+                if c is None:
+                    raise _NoJump("another walk path")
+                pmap[pg.pa] = c
+            pmaps.append(pmap)
+
+        def group_of(ipa):
+            for gi, (lo, hi) in enumerate(spans):
+                if lo <= ipa < hi:
+                    return gi
+            raise _NoJump("an effect outside every group's range")
+
+        # reference count changes name no IPA: their page must be renamed alike by all
+        rmap: dict = {}
+        for pmap in pmaps:
+            for pa, pg in pmap.items():
+                if rmap.setdefault(pa, pg) is not pg:
+                    rmap[pa] = None
+        cut = bj.log_at - b0.log_at
+        out = []
+        for n, e in enumerate(log[cut:] + log[:cut]):
+            late = n >= len(log) - cut  # (from the period's start: one period later)
+            kind = e[0]
+            if kind in ("w", "d", "hm"):
+                ipa = e[5] if kind == "w" else e[1] if kind == "d" else \
+                    e[2] - self.slot.pa + self.slot.base
+            elif kind == "i":
+                ipa = e[4] if e[2] in IPA_OPS else None
+            elif kind == "r":
+                ipa = None
+            else:
+                ipa = e[3]
+            if ipa is not None:
+                gi = group_of(ipa)
+                D = Fs[gi] + (dps[gi] if late else 0)
+                pmap = pmaps[gi]
+            if kind == "w":
+                _, pa, _i, old, new, ipa = e
+                pg = pmap.get(pa)
+                if pg is None or ipa < 0:
+                    raise _NoJump("a write off the windows' pages")
+                idx = ((ipa + D) >> shifts[pg.level]) & (geo.entries_per_table - 1)
+                out.append(("w", pg.pa, idx, old, new + D if new else 0, ipa + D))
+            elif kind == "r":
+                pg = rmap.get(e[1])
+                if pg is None:
+                    raise _NoJump("a refcount off the windows' paths, or of a page split")
+                out.append(("r", pg.pa, e[2]))
+            elif kind == "f":
+                _, cpu, vmid, ipa, lvl, desc, ev, new = e
+                if D % (1 << shifts[lvl]):
+                    raise _NoJump("a fill of a shared entry")
+                out.append(("f", cpu, vmid, ipa + D, lvl, desc + D, ev, new))
+            elif kind == "fw":
+                _, cpu, vmid, ipa, lvl, tpa, gen, full = e
+                pg = pmap.get(tpa)
+                if pg is None:
+                    raise _NoJump("a walk-cache fill off the windows' paths")
+                # (replayed one period on and later: then in b's entry at that level)
+                if (ipa + D + dps[gi]) >> shifts[lvl] != b.x[gi] >> shifts[lvl]:
+                    raise _NoJump("a walk-cache fill of another entry than the window's")
+                out.append(("fw", cpu, vmid, ipa + D, lvl, pg.pa,
+                            gen if pg.pa == tpa else pg.generation, full))
+            elif kind == "h":
+                _, cpu, vmid, ipa, lvl = e
+                out.append(("h", cpu, vmid, ipa + D, lvl))
+            elif kind == "i":
+                _, cpu, op, vmid, ipa, size, ttl = e
+                out.append(("i", cpu, op, vmid, ipa + D if op in IPA_OPS else ipa, size, ttl))
+            elif kind == "d":
+                out.append(("d", e[1] + D))
+            elif kind == "hm":
+                out.append(("hm", e[1], e[2] + D))
+            else:
+                raise _NoJump("an effect that cannot be replayed")
+        # boundaries as if the period had been recorded just now; TLB sizes are now's
+        c0, c1 = dict(b0.counters), dict(bn.counters)
+        now = tuple((len(t._order), len(t._worder)) for t in self.machine.tlbs)
+        c0["tsz"] = tuple((s - (s1 - s0), w - (w1 - w0)) for (s, w), (s0, w0), (s1, w1)
+                          in zip(now, b0.counters["tsz"], bn.counters["tsz"]))
+        c1["tsz"] = now
+        bv0 = _Boundary(b.t - (bn.t - b0.t), tuple(k - (k1 - k0) for k, k0, k1
+                                                    in zip(b.k, b0.k, bn.k)), b.si,
+                        tuple(x - dp for x, dp in zip(b.x, dps)), b.fp, c0, 0, b.stride)
+        bv1 = _Boundary(b.t, b.k, b.si, b.x, b.fp, c1, len(out), b.stride)
+        saved = self.log
+        self.log = out
+        try:
+            r = self._gjump(bv0, bv1, wins, gof, synthetic=True)
+        finally:
+            if self.log is out:
+                self.log = saved
+        self.stats["group_template_jumps"] += 1
+        return r
+
+    def _gfingerprint(self, si: int, stride: int, groups: list, t: int):
+        """`_fingerprint` for several convoys: (fingerprint, windows, {cpu: group})."""
+        kvm, eng, lock = self.kvm, self.engine, self.lock
+        active = self.host.active
+        gof = {}
+        for gi, (_, _, vs) in enumerate(groups):
+            for u in vs:
+                gof[u.cpu] = gi
+        geom = None
+        agents = []
+        xs = [None] * len(groups)
+        for v in self.vcpus:
+            gi = gof.get(v.cpu)
+            if gi is None:
+                agents.append(("done", len(v.mc.pages)))
+                continue
+            g = v.segments[si][:3]
+            if geom is None:
+                geom = g
+            elif g != geom:
+                raise _NoJump("convoys: another segment geometry")
+            front = groups[gi][1]
+            x = g[0] + front * stride
+            xs[gi] = x
+            gs = None
+            if v.in_gup:
+                st = active.get(v.cpu)
+                if st is None or v.cur_fault is None or st.ipa != v.cur_fault.ipa:
+                    raise _NoJump("a GUP off its fault")
+                gs = (st.write, None if st.sub is None else (st.end, st.n, _chain(st.sub)))
+            f = v.cur_fault
+            if f is None:
+                fr = None
+            else:
+                seq = _mmu_seq(v.kvm_gen)
+                fr = (f.kind, f.level, f.access, (f.ipa - x) // stride, v.fault_t0 - t,
+                      v.agent.lock_waited - v.fault_waited0,
+                      _chain(v.kvm_gen) if v.kvm_gen is not None else None,
+                      v.gup, None if seq is None else seq - kvm.mmu_notifier_seq)
+            agents.append((gi, _chain(v.agent.gen), v.k + v.skip - front, fr,
+                           v.segments[si][3], len(v.mc.pages), gs))
+        seg_end = geom[0] + geom[1] * geom[2]
+        wins = []
+        for gi, (lo, hi, _) in enumerate(groups):
+            w = self._window(xs[gi], lo - hi - MARGIN, MARGIN, stride, t)
+            w["seg_end"], w["x"], w["k"] = seg_end, xs[gi], hi
+            wins.append(w)
+        for a, c in pairwise(wins):
+            if a["last"] + stride >= c["first"]:
+                raise _NoJump("convoys: windows touch")
+        last = []
+        for v in self.vcpus:
+            gi = gof.get(v.cpu)
+            lf = v.last_fault_ipa
+            if gi is None or lf < wins[gi]["first"]:
+                last.append(None)
+            else:
+                last.append((lf - xs[gi], v.repeats))
+        heap = tuple((e[0] - t, e[3].cpu, e[4]) for e in sorted(eng._heap, key=_heapkey))
+        owner = lock.owner
+        lk = (None if owner is None else (owner.cpu, lock.since - t),
+              tuple((a.cpu, since - t) for a, since in lock.waiters))
+        pend = []
+        for cpu, ops in sorted(self.machine._pending.items()):
+            for op, vmid, ipa, size, ttl in ops:
+                if op in IPA_OPS:
+                    gi = _group_of(wins, ipa)
+                    pend.append((cpu, op, vmid, gi, ipa - xs[gi], size, ttl))
+                else:
+                    pend.append((cpu, op, vmid, None, ipa, size, ttl))
+        opened = []
+        for (pa, i), t0 in self.metrics._open.items():
+            gi = self._open_group(wins, pa, i)
+            w = wins[gi]
+            ix = (w["x"] >> self.geo.shifts[w["level"]]) & (self.geo.entries_per_table - 1)
+            opened.append((gi, i - ix, t0 - t))
+        opened.sort()
+        fp = ("convoys", si, stride, tuple(agents), tuple(last), heap, lk, tuple(pend),
+              tuple(w["fp"] for w in wins), kvm.mmu_notifier_count, tuple(opened))
+        return fp, wins, gof
+
+    def _open_group(self, wins: list, pa: int, i: int) -> int:
+        """The group whose window's table page and range hold open invalid window (pa, i)."""
+        for gi, w in enumerate(wins):
+            if w["page"].pa == pa:
+                ipa = w["rbase"] + (i << self.geo.shifts[w["level"]])
+                if w["first"] <= ipa < w["last"] + w["stride"]:
+                    return gi
+        raise _NoJump("an open invalid window off the convoys' windows")
+
+    def _gjump(self, b0: _Boundary, b: _Boundary, wins: list, gof: dict,
+               synthetic: bool = False) -> int:
+        """Jump m periods of several convoys, each group shifted by its own advance
+        (`synthetic`: the log is a template's, made up to end at b: `_gtemplate`)."""
+        period = b.t - b0.t
+        stride = b.stride
+        dks = [k1 - k0 for k0, k1 in zip(b0.k, b.k)]
+        if period <= 0 or min(dks) <= 0:
+            raise _NoJump("convoys: a group did not advance")
+        dps = [dk * stride for dk in dks]
+        c0, c1 = b0.counters, b.counters
+        if c0["mem"] != c1["mem"]:
+            raise _NoJump("convoys: table pages allocated or freed")
+        if (c0["hostc"] != c1["hostc"] or c0["seq"] != c1["seq"]) and \
+                c0["seq"][1] != c1["seq"][1]:
+            raise _NoJump("convoys: MMU notifier count changed")
+        log = self.log[b0.log_at:b.log_at]
+        m = 1 << 62
+        for w, dp in zip(wins, dps):
+            room = min(w["rbase"] + w["rsize"], w["seg_end"]) - 1 - w["last"]
+            m = min(m, room // dp)
+        # a group must not reach the pages the groups ahead of it read or change (their
+        # windows only move forward): it then reads only what _ahead_ok checked
+        for w, c, dp in zip(wins, wins[1:], dps):
+            m = min(m, (c["first"] - 1 - w["last"]) // dp)
+        m = self._gevictions_ok(c0, c1, m)
+        for w, dp in zip(wins, dps):
+            if m < 1:
+                break
+            m = self._ahead_ok(w, dp, m, b.t)
+        if m < 1:
+            raise _NoJump("convoys: no room")
+        if self.metrics._open:
+            for (pa, i) in self.metrics._open:
+                gi = self._open_group(wins, pa, i)
+                w = wins[gi]
+                sh = self.geo.shifts[w["level"]]
+                if (m * dps[gi]) % (1 << sh) or i + ((m * dps[gi]) >> sh) >= \
+                        self.geo.entries_per_table:
+                    raise _NoJump("open invalid windows would leave the table page")
+        plan = self._gplan(log, wins, dps, m, synthetic)
+        self._gapply(b0, b, wins, gof, plan, m, dps, period)
+        self.stats["jumps"] += 1
+        self.stats["group_jumps"] += 1
+        self.stats["periods"] += m
+        self.stats["ns"] += m * period
+        self.stats["faults"] += m * (sum(n for _, n in c1["mc2"][0])
+                                     - sum(n for _, n in c0["mc2"][0]))
+        self.stats["accesses"] += m * (c1["m"][8] - c0["m"][8])
+        self._reset()
+        return 0
+
+    def _gevictions_ok(self, c0: dict, c1: dict, m: int) -> int:
+        """Limit m so that no TLB or walk cache fills up during the jump; a TLB that
+        evicted during the period refuses it (its oldest entries could be anywhere)."""
+        for tlb, (s0, w0), (s1, w1), (e0, e1) in zip(self.machine.tlbs, c0["tsz"], c1["tsz"],
+                                                      zip(c0["tlb"], c1["tlb"])):
+            if e1[3] != e0[3]:
+                raise _NoJump("convoys: TLB evictions")
+            if tlb.walk_capacity is not None:
+                if len(tlb._worder) >= tlb.walk_capacity:
+                    raise _NoJump("convoys: a full walk cache")
+                if w1 > w0:
+                    m = min(m, (tlb.walk_capacity - w1) // (w1 - w0))
+            if tlb.capacity is not None:
+                if len(tlb._order) >= tlb.capacity:
+                    raise _NoJump("convoys: a full TLB")
+                if s1 > s0:
+                    m = min(m, (tlb.capacity - s1) // (s1 - s0))
+        return m
+
+    def _gplan(self, log: list, wins: list, dps: list, m: int, synthetic: bool) -> dict:
+        """`_plan` for several convoys: every effect attributed to the group whose window
+        swept during the period holds its IPA (whole-VMID TLBIs to none: they do not
+        move). A group's window at b0 is its window at b moved back by its advance (the
+        fingerprints are equal); the swept ranges must be apart and each in one region
+        (a synthetic log's effects are checked where they are replayed, one period on
+        and later, the template having renamed the table pages)."""
+        geo = self.geo
+        spans = []
+        for w, dp in zip(wins, dps):
+            lo = w["first"] - dp
+            if lo < w["rbase"] and not synthetic:
+                raise _NoJump("convoys: a period across a region boundary")
+            spans.append((lo, w["last"] + w["stride"]))
+        for a, c in pairwise(spans):
+            if a[1] > c[0]:
+                raise _NoJump("convoys: the groups' periods overlap")
+
+        def group_of(ipa):
+            for gi, (lo, hi) in enumerate(spans):
+                if lo <= ipa < hi:
+                    return gi
+            raise _NoJump("convoys: an effect outside every group's range")
+
+        slot = self.slot
+        host = self.host
+        writes: list = [{} for _ in wins]
+        refs: dict = {}
+        pages = {w["page"].pa for w in wins}
+        tlbops: dict = {}
+        dirty, hops = [], []
+        for e in log:
+            kind = e[0]
+            if kind == "w":
+                _, pa, index, _old, new, ipa = e
+                if ipa < 0:
+                    raise _NoJump("convoys: a table write without an IPA")
+                gi = group_of(ipa)
+                if pa != wins[gi]["page"].pa:
+                    raise _NoJump("convoys: a write off the group's table page")
+                writes[gi][index] = (ipa, new)
+            elif kind == "r":
+                if e[1] not in pages:
+                    raise _NoJump("convoys: a refcount off the windows' table pages")
+                refs[e[1]] = refs.get(e[1], 0) + e[2]
+            elif kind in ("f", "fw", "h"):
+                tlbops.setdefault(e[1], []).append((group_of(e[3]), e))
+            elif kind == "i":
+                tlbops.setdefault(e[1], []).append(
+                    (group_of(e[4]) if e[2] in IPA_OPS else None, e))
+            elif kind == "d":
+                dirty.append((group_of(e[1]), e[1]))
+            elif kind == "hm":
+                gi = group_of(e[2] - slot.pa + slot.base)
+                pa0 = e[2] + dps[gi] if synthetic else e[2]
+                if host.region_of(pa0) != host.region_of(e[2] + m * dps[gi]) \
+                        or host.region_of(pa0) not in host.regions:
+                    raise _NoJump("a host page change would leave its region")
+                hops.append((gi, e[1], e[2]))
+            else:
+                raise _NoJump("convoys: an effect that cannot be replayed")
+        wr = []
+        for gi, (w, ws) in enumerate(zip(wins, writes)):
+            shift = geo.shifts[w["level"]]
+            if dps[gi] % (1 << shift) and ws:
+                raise _NoJump("convoys: writes would not move by whole entries")
+            wr.append([(ipa, self._norm(new, (ipa >> shift) << shift))
+                       for ipa, new in ws.values()])
+        modes = {}
+        for cpu, ops in tlbops.items():
+            leaf_wipe = False
+            leaf_fixed = walk_fixed = True
+            ev = False
+            for gi, e in ops:
+                # the first and the last positions replayed (synthetic: the first
+                # is one period on; else the recorded one, in the same region)
+                d1 = 0 if gi is None or not synthetic else dps[gi]
+                last_ipa = 0 if gi is None else m * dps[gi] - d1
+                kind = e[0]
+                if kind == "f":
+                    _, _, vmid, ipa, lvl, desc, evicted, _ = e
+                    ipa += d1
+                    if vmid != self.vmid:
+                        raise _NoJump("convoys: another VMID")
+                    ev = ev or bool(evicted)
+                    if (ipa >> geo.shifts[lvl]) != ((ipa + last_ipa) >> geo.shifts[lvl]):
+                        leaf_fixed = False
+                    self._norm(desc, ((ipa - d1) >> geo.shifts[lvl]) << geo.shifts[lvl])
+                elif kind == "fw":
+                    _, _, vmid, ipa, lvl, _tpa, _gen, evicted = e
+                    ipa += d1
+                    if vmid != self.vmid or evicted:
+                        raise _NoJump("convoys: a walk-cache fill evicts")
+                    if (ipa >> geo.shifts[lvl]) != ((ipa + last_ipa) >> geo.shifts[lvl]):
+                        raise _NoJump("convoys: a walk-cache fill would move")
+                elif kind == "h":
+                    _, _, vmid, ipa, lvl = e
+                    ipa += d1
+                    if (ipa >> geo.shifts[lvl]) != ((ipa + last_ipa) >> geo.shifts[lvl]):
+                        leaf_fixed = False
+                else:
+                    _, _, op, vmid, ipa, size, _ttl = e
+                    ipa += d1
+                    if vmid != self.vmid:
+                        raise _NoJump("convoys: another VMID")
+                    if op == VMALLS12E1IS:
+                        leaf_wipe = True
+                        walk_fixed = True
+                    elif op == VMALLE1IS:
+                        leaf_wipe = True
+                    else:
+                        for lvl in geo.leaf_levels():
+                            sh = geo.shifts[lvl]
+                            if (ipa >> sh) != ((ipa + size + last_ipa) >> sh):
+                                leaf_fixed = False
+                        if op in ("IPAS2E1IS", "RIPAS2E1IS"):
+                            for lvl in range(geo.start_level, 3):
+                                sh = geo.shifts[lvl]
+                                if (ipa >> sh) != ((ipa + size + last_ipa) >> sh):
+                                    walk_fixed = False
+            if not walk_fixed:
+                raise _NoJump("convoys: walk-cache keys would move")
+            modes[cpu] = "last" if (leaf_wipe or (leaf_fixed and not ev)) else "all"
+            # the replay must not evict either: an upper bound of the TLB's size through
+            # the periods replayed (every fill counted as new; a whole-VMID flush leaves
+            # the other VMIDs' entries)
+            tlb = self.machine.tlbs[cpu]
+            if tlb.capacity is not None:
+                other = sum(1 for _, kk in tlb._order if (kk & 0xFFFF) != self.vmid)
+                occ = len(tlb._order)
+                for _ in range(1 if modes[cpu] == "last" else m):
+                    for _, e in ops:
+                        if e[0] == "f":
+                            occ += 1
+                            if occ > tlb.capacity:
+                                raise _NoJump("convoys: the replay could evict")
+                        elif e[0] == "i" and e[2] in (VMALLE1IS, VMALLS12E1IS):
+                            occ = other
+        return {"writes": wr, "refs": refs, "tlb": tlbops, "modes": modes, "dirty": dirty,
+                "hops": hops}
+
+    def _gapply(self, b0: _Boundary, b: _Boundary, wins: list, gof: dict, plan: dict,
+                m: int, dps: list, period: int) -> None:
+        """`_apply` for several convoys: each agent and effect moves with its group."""
+        geo = self.geo
+        D = m * period
+        As = [m * dp for dp in dps]
+        eng, lock, machine, host = self.engine, self.lock, self.machine, self.host
+        dks = [k1 - k0 for k0, k1 in zip(b0.k, b.k)]
+        # 1. relabel faults in flight (before anything moves: may refuse)
+        relabel = []
+        dseq = m * (b.counters["seq"][0] - b0.counters["seq"][0])
+        for v in self.vcpus:
+            f = v.cur_fault
+            if f is None:
+                continue
+            nf = Fault(f.kind, f.level, f.ipa + As[gof[v.cpu]], f.access, f.stage)
+            gen = step = None
+            if v.kvm_gen is not None:
+                gen, step = self._rebuild(v, nf, dseq)
+            if v.in_gup:
+                st = host.active[v.cpu]
+                if st.sub is not None and st.n != 1:
+                    raise _NoJump("a GUP inside its notifier's critical section")
+                if host.region_of(self.slot.pa_of(f.ipa)) != \
+                        host.region_of(self.slot.pa_of(nf.ipa)):
+                    raise _NoJump("a GUP would move to another host region")
+            relabel.append((v, nf, gen, step))
+        # 2. time
+        heap = eng._heap
+        heap[:] = [(e[0] + D,) + e[1:] for e in heap]
+        for e in heap:
+            e[3].sched_at += D
+        eng.now += D
+        machine.now = eng.now
+        if lock.owner is not None:
+            lock.since += D
+        lock.waiters[:] = [(a, s + D) for a, s in lock.waiters]
+        # 3. agents: positions, faults in flight, counters
+        c0, c1 = b0.counters, b.counters
+        for v, nf, gen, step in relabel:
+            v.cur_fault = nf
+            if gen is not None:
+                v.kvm_gen = gen
+                v.step = step
+            if v.in_gup:
+                host.relabel(v.cpu, nf.ipa)
+            v.fault_t0 += D
+        for i, v in enumerate(self.vcpus):
+            gi = gof.get(v.cpu)
+            if gi is not None:
+                v.skip += m * dks[gi]
+                if v.last_fault_ipa >= wins[gi]["first"]:
+                    v.last_fault_ipa += As[gi]
+            a0, a1 = c0["v"][i], c1["v"][i]
+            v.accesses += m * (a1[0] - a0[0])
+            v.walks += m * (a1[1] - a0[1])
+            v.faults += m * (a1[2] - a0[2])
+            v.conflicts += m * (a1[3] - a0[3])
+            dw = m * (a1[4] - a0[4])
+            v.agent.lock_waited += dw
+            if v.cur_fault is not None:
+                v.fault_waited0 += dw
+            o0 = dict(a0[5])
+            for key, n in a1[5]:
+                if n != o0.get(key, 0):
+                    v.outcomes[key] = v.outcomes.get(key, 0) + m * (n - o0.get(key, 0))
+        l0, l1 = c0["lock"], c1["lock"]
+        lock.acquisitions += m * (l1[0] - l0[0])
+        lock.contended += m * (l1[1] - l0[1])
+        lock.wait_ns += m * (l1[2] - l0[2])
+        lock.hold_ns += m * (l1[3] - l0[3])
+        for key, x0, x1 in zip(list(machine.counts), c0["mc"], c1["mc"]):
+            machine.counts[key] += m * (x1 - x0)
+        for tlb, t0, t1 in zip(machine.tlbs, c0["tlb"], c1["tlb"]):
+            tlb.hits += m * (t1[0] - t0[0])
+            tlb.misses += m * (t1[1] - t0[1])
+            tlb.conflicts += m * (t1[2] - t0[2])
+            tlb.evictions += m * (t1[3] - t0[3])
+        host.bytes_zeroed += m * (c1["host"] - c0["host"])
+        if c1["hostc"] != c0["hostc"]:
+            h0 = dict(c0["hostc"])
+            for key, n in c1["hostc"]:
+                if n != h0.get(key, 0):
+                    host.counts[key] += m * (n - h0.get(key, 0))
+        self.kvm.mmu_notifier_seq += dseq
+        met = self.metrics.cur
+        for f, x0, x1 in zip(_METRIC_INTS, c0["m"], c1["m"]):
+            setattr(met, f, getattr(met, f) + m * (x1 - x0))
+        for f, x0, x1 in zip(_METRIC_COUNTERS, c0["mc2"], c1["mc2"]):
+            cnt = getattr(met, f)
+            d0 = dict(x0)
+            for key, n in x1:
+                if n != d0.get(key, 0):
+                    cnt[key] += m * (n - d0.get(key, 0))
+        # open invalid windows move with their group
+        op = self.metrics._open
+        if op:
+            moved = {}
+            for (pa, i), t0 in op.items():
+                gi = self._open_group(wins, pa, i)
+                di = As[gi] >> geo.shifts[wins[gi]["level"]]
+                moved[(pa, i + di)] = t0 + D
+            op.clear()
+            op.update(moved)
+        # 4. pending TLBIs move with their faults
+        for ops in machine._pending.values():
+            ops[:] = [(op, vmid, ipa + As[_group_of(wins, ipa)] if op in IPA_OPS else ipa,
+                       size, ttl) for op, vmid, ipa, size, ttl in ops]
+        # 5. effects of the skipped periods
+        for gi, w in enumerate(wins):
+            self._tlog.append(w["page"].pa)
+            self._replay_writes(w, {"writes": plan["writes"][gi]}, m, dps[gi])
+        for pa, ref in plan["refs"].items():
+            machine.mem.tables[pa].refcount += m * ref
+        self._greplay_tlbs(plan, m, dps)
+        if plan["hops"]:
+            replay = host.replay
+            for i in range(1, m + 1):
+                for gi, what, pa in plan["hops"]:
+                    replay(what, pa + i * dps[gi])
+        dirty = self.slot.dirty
+        for gi, ipa in plan["dirty"]:
+            for i in range(1, m + 1):
+                set.add(dirty, ipa + i * dps[gi])
+
+    def _greplay_tlbs(self, plan: dict, m: int, dps: list) -> None:
+        """`_replay_tlbs` for several convoys: each operation shifted by its group's
+        advance (whole-VMID ones not at all)."""
+        shifts = self.geo.shifts
+        for cpu, ops in plan["tlb"].items():
+            tlb = self.machine.tlbs[cpu]
+            ev0 = tlb.evictions
+            fill, fill_walk = self._raw(tlb, "fill"), self._raw(tlb, "fill_walk")
+            inval = self._raw(tlb, "invalidate")
+            periods = [m] if plan["modes"][cpu] == "last" else range(1, m + 1)
+            order = tlb._order
+            lru = tlb._lru
+            for i in periods:
+                for gi, e in ops:
+                    s = 0 if gi is None else i * dps[gi]
+                    kind = e[0]
+                    if kind == "f":
+                        _, _, vmid, ipa, lvl, desc, _, _ = e
+                        sh = shifts[lvl]
+                        nb = ((ipa + s) >> sh) << sh
+                        fill(vmid, ipa + s, lvl, desc + (nb - ((ipa >> sh) << sh)))
+                    elif kind == "fw":
+                        _, _, vmid, ipa, lvl, tpa, gen, _ = e
+                        fill_walk(vmid, ipa + s, lvl, tpa, gen)
+                    elif kind == "h":
+                        if lru:
+                            _, _, vmid, ipa, lvl = e
+                            key = (lvl, (((ipa + s) >> shifts[lvl]) << 16) | vmid)
+                            if key in order:
+                                del order[key]
+                                order[key] = None
+                    else:
+                        _, _, op, vmid, ipa, size, ttl = e
+                        inval(op, vmid, ipa + s if op in IPA_OPS else ipa, size, ttl)
+            if tlb.evictions != ev0:
+                raise RuntimeError("fast-forward: a convoys' TLB replay evicted")
+
+
 def _order_drift(o0: list, o1: list, dkey: dict, vmid: int) -> list:
     """Check a replacement order at b (`o1`) against b0's (`o0`) for a region period.
 
@@ -2274,6 +2989,14 @@ _METRIC_INTS = ("dsb", "cmo_bytes", "cmo_ops", "writes", "hw_writes", "pages_all
                 "pages_freed", "teardown_entries", "accesses", "walks", "host_bytes_zeroed",
                 "windows", "window_total", "fault_ns_total")
 _METRIC_COUNTERS = ("faults_by_kind", "faults_by_level", "outcomes", "tlbi", "host_mm")
+
+
+def _group_of(wins: list, ipa: int) -> int:
+    """The index of the convoy window holding `ipa` (`_try_groups`)."""
+    for gi, w in enumerate(wins):
+        if w["first"] <= ipa < w["last"] + w["stride"]:
+            return gi
+    raise _NoJump("convoys: an effect outside every window")
 
 
 def _in_reach(tlb, vmid: int, lo: int, hi: int) -> set:
