@@ -626,27 +626,6 @@ class Convoy:
                 raise _NoJump("a TLB grows out of step")
             return ("grow", o1[n0:], (cap - n1) // a)
 
-        def items_plan(it0, it1, dd, val):
-            n0, n1 = len(it0), len(it1)
-            if dd is None:
-                if it0 != it1:
-                    raise _NoJump("TLB entries differ")
-                return None
-            if n0 == n1:
-                for (k0, v0), (k1, v1) in zip(it0, it1):
-                    if k1 != k0 + dd:
-                        raise _NoJump("TLB entries out of step")
-                    val(v0, v1)
-                return None
-            a = n1 - n0
-            if a < 0 or a > n0 or it1[:n0] != it0:
-                raise _NoJump("TLB entries differ")
-            for (k0, v0), (k1, v1) in zip(it0[n0 - a:], it1[n0:]):
-                if k1 != k0 + dd:
-                    raise _NoJump("TLB entries out of step")
-                val(v0, v1)
-            return it0[n0 - a:]
-
         def leaf_val(d0, d1):
             if d1 != d0 + dx:
                 raise _NoJump("TLB entries out of step")
@@ -669,7 +648,7 @@ class Convoy:
                     sum(len(it) for _, it in wv1) != len(w1):
                 raise _NoJump("TLB sizes differ")
             po = order_plan(o0, o1, tlb.capacity)
-            pl = [items_plan(it0, it1, dkey[lvl], leaf_val)
+            pl = [_items_plan(it0, it1, dkey[lvl], leaf_val)
                   for (lvl, it0), (_, it1) in zip(lv0, lv1)]
             if len(w0) == len(w1) == tlb.walk_capacity and _dicts_follow(wv0, w0) \
                     and _dicts_follow(wv1, w1):
@@ -684,7 +663,7 @@ class Convoy:
             pw = order_plan(w0, w1, tlb.walk_capacity)
             pwi = []
             for (lvl, it0), (_, it1) in zip(wv0, wv1):
-                tail0 = items_plan(it0, it1, dkey[lvl], walk_val)
+                tail0 = _items_plan(it0, it1, dkey[lvl], walk_val)
                 if dkey[lvl] is None:
                     for _, (p, _) in it1:
                         static.add(p)
@@ -1103,27 +1082,6 @@ class Convoy:
                 raise _NoJump("a TLB grows out of step")
             return ("grow", mo1[n0:], (cap - n1) // a, mo1, st1)
 
-        def items_plan(it0, it1, dd, val):
-            n0, n1 = len(it0), len(it1)
-            if dd is None:
-                if it0 != it1:
-                    raise _NoJump("TLB entries differ")
-                return None
-            if n0 == n1:
-                for (k0, v0), (k1, v1) in zip(it0, it1):
-                    if k1 != k0 + dd:
-                        raise _NoJump("TLB entries out of step")
-                    val(v0, v1)
-                return None
-            a = n1 - n0
-            if a < 0 or a > n0 or it1[:n0] != it0:
-                raise _NoJump("TLB entries differ")
-            for (k0, v0), (k1, v1) in zip(it0[n0 - a:], it1[n0:]):
-                if k1 != k0 + dd:
-                    raise _NoJump("TLB entries out of step")
-                val(v0, v1)
-            return it0[n0 - a:]
-
         def leaf_val(d0, d1):
             if d1 != d0 + dx:
                 raise _NoJump("TLB entries out of step")
@@ -1148,7 +1106,7 @@ class Convoy:
                     sum(len(it) for _, it in wv1) != len(w1):
                 raise _NoJump("TLB sizes differ")
             po = order_plan(o0, o1, tlb.capacity)
-            pl = [items_plan(it0, it1, dkey[lvl], leaf_val)
+            pl = [_items_plan(it0, it1, dkey[lvl], leaf_val)
                   for (lvl, it0), (_, it1) in zip(lv0, lv1)]
             if w0 == w1 and wv0 == wv1:
                 # a walk cache nothing was filled into: it holds every region's entry
@@ -1163,7 +1121,7 @@ class Convoy:
                     plans.append((po, fifo[0], pl, fifo[1]))
                     continue
             pw = order_plan(w0, w1, tlb.walk_capacity)
-            pwi = [items_plan(it0, it1, dkey[lvl], walk_val)
+            pwi = [_items_plan(it0, it1, dkey[lvl], walk_val)
                    for (lvl, it0), (_, it1) in zip(wv0, wv1)]
             plans.append((po, pw, pl, pwi))
         # walk caches left as they are must hold every region's entry, b0's to the end
@@ -2853,6 +2811,32 @@ class Convoy:
                         inval(op, vmid, ipa + s if op in IPA_OPS else ipa, size, ttl)
             if tlb.evictions != ev0:
                 raise RuntimeError("fast-forward: a convoys' TLB replay evicted")
+
+
+def _items_plan(it0: list, it1: list, dd, val):
+    """A TLB dict's items at b (`it1`) against b0's (`it0`) for a region period: the same
+    (dd None: entries that do not move), or every key moved by dd (full), or b0's kept
+    and as many new ones appended, moved (filling: b0's moving tail returned); `val`
+    checks each pair of values."""
+    n0, n1 = len(it0), len(it1)
+    if dd is None:
+        if it0 != it1:
+            raise _NoJump("TLB entries differ")
+        return None
+    if n0 == n1:
+        for (k0, v0), (k1, v1) in zip(it0, it1):
+            if k1 != k0 + dd:
+                raise _NoJump("TLB entries out of step")
+            val(v0, v1)
+        return None
+    a = n1 - n0
+    if a < 0 or a > n0 or it1[:n0] != it0:
+        raise _NoJump("TLB entries differ")
+    for (k0, v0), (k1, v1) in zip(it0[n0 - a:], it1[n0:]):
+        if k1 != k0 + dd:
+            raise _NoJump("TLB entries out of step")
+        val(v0, v1)
+    return it0[n0 - a:]
 
 
 def _order_drift(o0: list, o1: list, dkey: dict, vmid: int) -> list:
