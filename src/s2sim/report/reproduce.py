@@ -20,8 +20,10 @@ def mechanism(stage: dict, cfg: dict, other: dict | None = None) -> str:
     parts.append(f"{stage['faults']} faults (" + ", ".join(f"{k} {v}" for k, v in outs.items())
                  + ")")
     if stage["cmo_ops"]:
-        each = stage["cmo_bytes"] // stage["cmo_ops"]
-        parts.append(f"{stage['cmo_ops']} CMOs of {fmt_size(each)} = {fmt_size(stage['cmo_bytes'])}"
+        each, odd = divmod(stage["cmo_bytes"], stage["cmo_ops"])
+        # (THP CREATE cleans 2 MiB blocks and 4 KiB COW'd pages: say so, not a byte count)
+        size = f"mixed sizes, mean {each / 1024:.0f}K," if odd else fmt_size(each)
+        parts.append(f"{stage['cmo_ops']} CMOs of {size} = {fmt_size(stage['cmo_bytes'])}"
                      + (" cleaned in the fault handler under mmu_lock"
                         if cfg["variant_resolved"]["cmo"] == "fault" else " cleaned in map"))
     if stage["lock_contended"]:
