@@ -1788,6 +1788,52 @@ class Convoy:
                     break
         return min(m, (bad - 1 - far) // dp)
 
+    def _scale_counters(self, c0: dict, c1: dict, m: int, dseq: int) -> None:
+        """Every counter grows by m times its delta over the period (c0 -> c1)."""
+        machine, lock, host = self.machine, self.lock, self.host
+        for i, v in enumerate(self.vcpus):
+            a0, a1 = c0["v"][i], c1["v"][i]
+            v.accesses += m * (a1[0] - a0[0])
+            v.walks += m * (a1[1] - a0[1])
+            v.faults += m * (a1[2] - a0[2])
+            v.conflicts += m * (a1[3] - a0[3])
+            dw = m * (a1[4] - a0[4])
+            v.agent.lock_waited += dw
+            if v.cur_fault is not None:
+                v.fault_waited0 += dw
+            o0 = dict(a0[5])
+            for key, n in a1[5]:
+                if n != o0.get(key, 0):
+                    v.outcomes[key] = v.outcomes.get(key, 0) + m * (n - o0.get(key, 0))
+        l0, l1 = c0["lock"], c1["lock"]
+        lock.acquisitions += m * (l1[0] - l0[0])
+        lock.contended += m * (l1[1] - l0[1])
+        lock.wait_ns += m * (l1[2] - l0[2])
+        lock.hold_ns += m * (l1[3] - l0[3])
+        for key, x0, x1 in zip(list(machine.counts), c0["mc"], c1["mc"]):
+            machine.counts[key] += m * (x1 - x0)
+        for tlb, t0, t1 in zip(machine.tlbs, c0["tlb"], c1["tlb"]):
+            tlb.hits += m * (t1[0] - t0[0])
+            tlb.misses += m * (t1[1] - t0[1])
+            tlb.conflicts += m * (t1[2] - t0[2])
+            tlb.evictions += m * (t1[3] - t0[3])
+        host.bytes_zeroed += m * (c1["host"] - c0["host"])
+        if c1["hostc"] != c0["hostc"]:
+            h0 = dict(c0["hostc"])
+            for key, n in c1["hostc"]:
+                if n != h0.get(key, 0):
+                    host.counts[key] += m * (n - h0.get(key, 0))
+        self.kvm.mmu_notifier_seq += dseq
+        met = self.metrics.cur
+        for f, x0, x1 in zip(_METRIC_INTS, c0["m"], c1["m"]):
+            setattr(met, f, getattr(met, f) + m * (x1 - x0))
+        for f, x0, x1 in zip(_METRIC_COUNTERS, c0["mc2"], c1["mc2"]):
+            cnt = getattr(met, f)
+            d0 = dict(x0)
+            for key, n in x1:
+                if n != d0.get(key, 0):
+                    cnt[key] += m * (n - d0.get(key, 0))
+
     def _apply(self, b0: _Boundary, b: _Boundary, win: dict, plan: dict | None, m: int,
                dp: int, period: int) -> None:
         geo = self.geo
@@ -1834,52 +1880,12 @@ class Convoy:
             if v.in_gup:
                 host.relabel(v.cpu, nf.ipa)
             v.fault_t0 += D
-        for i, v in enumerate(self.vcpus):
+        for v in self.vcpus:
             if v.agent.gen.gi_frame is not None:  # (not finished)
                 v.skip += m * (b.k - b0.k)
                 if v.last_fault_ipa >= win["first"]:
                     v.last_fault_ipa += A
-            a0, a1 = c0["v"][i], c1["v"][i]
-            v.accesses += m * (a1[0] - a0[0])
-            v.walks += m * (a1[1] - a0[1])
-            v.faults += m * (a1[2] - a0[2])
-            v.conflicts += m * (a1[3] - a0[3])
-            dw = m * (a1[4] - a0[4])
-            v.agent.lock_waited += dw
-            if v.cur_fault is not None:
-                v.fault_waited0 += dw
-            o0 = dict(a0[5])
-            for key, n in a1[5]:
-                if n != o0.get(key, 0):
-                    v.outcomes[key] = v.outcomes.get(key, 0) + m * (n - o0.get(key, 0))
-        l0, l1 = c0["lock"], c1["lock"]
-        lock.acquisitions += m * (l1[0] - l0[0])
-        lock.contended += m * (l1[1] - l0[1])
-        lock.wait_ns += m * (l1[2] - l0[2])
-        lock.hold_ns += m * (l1[3] - l0[3])
-        for key, x0, x1 in zip(list(machine.counts), c0["mc"], c1["mc"]):
-            machine.counts[key] += m * (x1 - x0)
-        for tlb, t0, t1 in zip(machine.tlbs, c0["tlb"], c1["tlb"]):
-            tlb.hits += m * (t1[0] - t0[0])
-            tlb.misses += m * (t1[1] - t0[1])
-            tlb.conflicts += m * (t1[2] - t0[2])
-            tlb.evictions += m * (t1[3] - t0[3])
-        self.host.bytes_zeroed += m * (c1["host"] - c0["host"])
-        if c1["hostc"] != c0["hostc"]:
-            h0 = dict(c0["hostc"])
-            for key, n in c1["hostc"]:
-                if n != h0.get(key, 0):
-                    host.counts[key] += m * (n - h0.get(key, 0))
-        self.kvm.mmu_notifier_seq += dseq
-        met = self.metrics.cur
-        for f, x0, x1 in zip(_METRIC_INTS, c0["m"], c1["m"]):
-            setattr(met, f, getattr(met, f) + m * (x1 - x0))
-        for f, x0, x1 in zip(_METRIC_COUNTERS, c0["mc2"], c1["mc2"]):
-            cnt = getattr(met, f)
-            d0 = dict(x0)
-            for key, n in x1:
-                if n != d0.get(key, 0):
-                    cnt[key] += m * (n - d0.get(key, 0))
+        self._scale_counters(c0, c1, m, dseq)
         # open invalid windows move with the convoy (`_open_windows`)
         op = self.metrics._open
         if op:
@@ -2697,53 +2703,13 @@ class Convoy:
             if v.in_gup:
                 host.relabel(v.cpu, nf.ipa)
             v.fault_t0 += D
-        for i, v in enumerate(self.vcpus):
+        for v in self.vcpus:
             gi = gof.get(v.cpu)
             if gi is not None:
                 v.skip += m * dks[gi]
                 if v.last_fault_ipa >= wins[gi]["first"]:
                     v.last_fault_ipa += As[gi]
-            a0, a1 = c0["v"][i], c1["v"][i]
-            v.accesses += m * (a1[0] - a0[0])
-            v.walks += m * (a1[1] - a0[1])
-            v.faults += m * (a1[2] - a0[2])
-            v.conflicts += m * (a1[3] - a0[3])
-            dw = m * (a1[4] - a0[4])
-            v.agent.lock_waited += dw
-            if v.cur_fault is not None:
-                v.fault_waited0 += dw
-            o0 = dict(a0[5])
-            for key, n in a1[5]:
-                if n != o0.get(key, 0):
-                    v.outcomes[key] = v.outcomes.get(key, 0) + m * (n - o0.get(key, 0))
-        l0, l1 = c0["lock"], c1["lock"]
-        lock.acquisitions += m * (l1[0] - l0[0])
-        lock.contended += m * (l1[1] - l0[1])
-        lock.wait_ns += m * (l1[2] - l0[2])
-        lock.hold_ns += m * (l1[3] - l0[3])
-        for key, x0, x1 in zip(list(machine.counts), c0["mc"], c1["mc"]):
-            machine.counts[key] += m * (x1 - x0)
-        for tlb, t0, t1 in zip(machine.tlbs, c0["tlb"], c1["tlb"]):
-            tlb.hits += m * (t1[0] - t0[0])
-            tlb.misses += m * (t1[1] - t0[1])
-            tlb.conflicts += m * (t1[2] - t0[2])
-            tlb.evictions += m * (t1[3] - t0[3])
-        host.bytes_zeroed += m * (c1["host"] - c0["host"])
-        if c1["hostc"] != c0["hostc"]:
-            h0 = dict(c0["hostc"])
-            for key, n in c1["hostc"]:
-                if n != h0.get(key, 0):
-                    host.counts[key] += m * (n - h0.get(key, 0))
-        self.kvm.mmu_notifier_seq += dseq
-        met = self.metrics.cur
-        for f, x0, x1 in zip(_METRIC_INTS, c0["m"], c1["m"]):
-            setattr(met, f, getattr(met, f) + m * (x1 - x0))
-        for f, x0, x1 in zip(_METRIC_COUNTERS, c0["mc2"], c1["mc2"]):
-            cnt = getattr(met, f)
-            d0 = dict(x0)
-            for key, n in x1:
-                if n != d0.get(key, 0):
-                    cnt[key] += m * (n - d0.get(key, 0))
+        self._scale_counters(c0, c1, m, dseq)
         # open invalid windows move with their group
         op = self.metrics._open
         if op:
