@@ -291,6 +291,11 @@ class Convoy:
                 setattr(obj, name, old)
         self._saved = []
 
+    def _tlb_raw(self, tlb) -> tuple:
+        """A TLB's unwrapped fill, fill_walk, invalidate, its order and whether it is LRU."""
+        return (self._raw(tlb, "fill"), self._raw(tlb, "fill_walk"),
+                self._raw(tlb, "invalidate"), tlb._order, tlb._lru)
+
     def _raw(self, obj, name):
         """The unwrapped method (for replays, which must not be recorded)."""
         return getattr(type(obj), name).__get__(obj)
@@ -2006,34 +2011,11 @@ class Convoy:
                 self._bulk_fills(tlb, ops, m, dp)
                 tlb.evictions = ev0
                 continue
-            fill, fill_walk = self._raw(tlb, "fill"), self._raw(tlb, "fill_walk")
-            inval = self._raw(tlb, "invalidate")
-            order = tlb._order
-            lru = tlb._lru
+            raw = self._tlb_raw(tlb)
 
-            def period(i, ops=ops, fill=fill, fill_walk=fill_walk, inval=inval, order=order,
-                       lru=lru):
+            def period(i, ops=ops, raw=raw):
                 s = i * dp
-                for e in ops:
-                    kind = e[0]
-                    if kind == "f":
-                        _, _, vmid, ipa, lvl, desc, _, _ = e
-                        sh = shifts[lvl]
-                        nb = ((ipa + s) >> sh) << sh
-                        fill(vmid, ipa + s, lvl, desc + (nb - ((ipa >> sh) << sh)))
-                    elif kind == "fw":
-                        _, _, vmid, ipa, lvl, tpa, gen, _ = e
-                        fill_walk(vmid, ipa + s, lvl, tpa, gen)
-                    elif kind == "h":
-                        if lru:
-                            _, _, vmid, ipa, lvl = e
-                            key = (lvl, (((ipa + s) >> shifts[lvl]) << 16) | vmid)
-                            if key in order:
-                                del order[key]
-                                order[key] = None
-                    else:
-                        _, _, op, vmid, ipa, size, ttl = e
-                        inval(op, vmid, ipa + s if op in IPA_OPS else ipa, size, ttl)
+                _tlb_ops(raw, shifts, [(s, e) for e in ops])
 
             if plan["modes"][cpu] == "last":
                 period(m)
@@ -2748,35 +2730,36 @@ class Convoy:
         for cpu, ops in plan["tlb"].items():
             tlb = self.machine.tlbs[cpu]
             ev0 = tlb.evictions
-            fill, fill_walk = self._raw(tlb, "fill"), self._raw(tlb, "fill_walk")
-            inval = self._raw(tlb, "invalidate")
-            periods = [m] if plan["modes"][cpu] == "last" else range(1, m + 1)
-            order = tlb._order
-            lru = tlb._lru
-            for i in periods:
-                for gi, e in ops:
-                    s = 0 if gi is None else i * dps[gi]
-                    kind = e[0]
-                    if kind == "f":
-                        _, _, vmid, ipa, lvl, desc, _, _ = e
-                        sh = shifts[lvl]
-                        nb = ((ipa + s) >> sh) << sh
-                        fill(vmid, ipa + s, lvl, desc + (nb - ((ipa >> sh) << sh)))
-                    elif kind == "fw":
-                        _, _, vmid, ipa, lvl, tpa, gen, _ = e
-                        fill_walk(vmid, ipa + s, lvl, tpa, gen)
-                    elif kind == "h":
-                        if lru:
-                            _, _, vmid, ipa, lvl = e
-                            key = (lvl, (((ipa + s) >> shifts[lvl]) << 16) | vmid)
-                            if key in order:
-                                del order[key]
-                                order[key] = None
-                    else:
-                        _, _, op, vmid, ipa, size, ttl = e
-                        inval(op, vmid, ipa + s if op in IPA_OPS else ipa, size, ttl)
+            raw = self._tlb_raw(tlb)
+            for i in (m,) if plan["modes"][cpu] == "last" else range(1, m + 1):
+                _tlb_ops(raw, shifts, [(0 if gi is None else i * dps[gi], e) for gi, e in ops])
             if tlb.evictions != ev0:
                 raise RuntimeError("fast-forward: a convoys' TLB replay evicted")
+
+
+def _tlb_ops(raw: tuple, shifts: tuple, ops: list) -> None:
+    """Apply recorded TLB operations, each (s, op) shifted by s in IPA and PA."""
+    fill, fill_walk, inval, order, lru = raw
+    for s, e in ops:
+        kind = e[0]
+        if kind == "f":
+            _, _, vmid, ipa, lvl, desc, _, _ = e
+            sh = shifts[lvl]
+            nb = ((ipa + s) >> sh) << sh
+            fill(vmid, ipa + s, lvl, desc + (nb - ((ipa >> sh) << sh)))
+        elif kind == "fw":
+            _, _, vmid, ipa, lvl, tpa, gen, _ = e
+            fill_walk(vmid, ipa + s, lvl, tpa, gen)
+        elif kind == "h":
+            if lru:
+                _, _, vmid, ipa, lvl = e
+                key = (lvl, (((ipa + s) >> shifts[lvl]) << 16) | vmid)
+                if key in order:
+                    del order[key]
+                    order[key] = None
+        else:
+            _, _, op, vmid, ipa, size, ttl = e
+            inval(op, vmid, ipa + s if op in IPA_OPS else ipa, size, ttl)
 
 
 def _items_plan(it0: list, it1: list, dd, val):
