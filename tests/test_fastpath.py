@@ -46,9 +46,9 @@ def _host_state(host) -> tuple:
 
 
 @cache
-def _run(kw: tuple, ff: bool, tlb_capacity: int | None = 0):
+def _run(kw: tuple, ff: bool, tlb_capacity: int | None = 0, walk_capacity: int = 0):
     """(result, ff stats, machine state after each engine run) for one configuration
-    (`tlb_capacity`: the platform's unless non-zero)."""
+    (`tlb_capacity`, `walk_capacity`: the platform's unless non-zero)."""
     states = []
     hosts = []
     orig = eng.Engine.run
@@ -69,8 +69,10 @@ def _run(kw: tuple, ff: bool, tlb_capacity: int | None = 0):
         stats: dict = {}
         cfg = Cfg.make(fastforward=ff, **dict(kw))
         prof = None
-        if tlb_capacity != 0:
-            prof = replace(load_profile(cfg.platform), tlb_capacity=tlb_capacity)
+        over = {"tlb_capacity": tlb_capacity, "walk_capacity": walk_capacity}
+        over = {k: v for k, v in over.items() if v != 0}
+        if over:
+            prof = replace(load_profile(cfg.platform), **over)
         r = run_pagetable_test(cfg, prof, ff_stats=stats)
     finally:
         eng.Engine.run = orig
@@ -78,10 +80,10 @@ def _run(kw: tuple, ff: bool, tlb_capacity: int | None = 0):
     return r, stats, states
 
 
-def _same(kw: dict, tlb_capacity: int | None = 0) -> dict:
+def _same(kw: dict, tlb_capacity: int | None = 0, walk_capacity: int = 0) -> dict:
     key = tuple(sorted(kw.items()))
-    fast, stats, s_fast = _run(key, True, tlb_capacity)
-    exact, _, s_exact = _run(key, False, tlb_capacity)
+    fast, stats, s_fast = _run(key, True, tlb_capacity, walk_capacity)
+    exact, _, s_exact = _run(key, False, tlb_capacity, walk_capacity)
     assert stats["enabled"]
     for a, b in zip(fast["stages"], exact["stages"], strict=True):
         assert a == b, a["name"]

@@ -54,3 +54,13 @@ def test_thp_update_skips_whole_regions():
     exact, _, _ = _run(key, False)
     upd = [r["engine_resumptions"] for r in (fast, exact)]
     assert upd[0] < upd[1], upd
+
+
+@pytest.mark.parametrize("variant", ["v5.11", "patch1"])
+def test_thp_region_periods_across_parent_tables(variant):
+    # the slot straddles a GiB (two level-2 tables); 8-entry walk caches are full, and
+    # after the crossing they hold the last regions walked in both: those entries are
+    # renamed through the previous level-2 table
+    kw = _kw("64M", 4, THP, variant, offset=(1 << 30) - (32 << 20))
+    stats = _same(kw, walk_capacity=8)
+    assert stats.get("region_jumps_two_parents", 0) > 0, stats

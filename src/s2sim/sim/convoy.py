@@ -923,6 +923,54 @@ class Convoy:
         self.macro[key] = {"b": b} if s0 is None else self._snapshot_tables(b, win)
         return None
 
+    def _region_tables(self, parent, psh: int, lo: int):
+        """(index, table_at): the level-3 table page of a region and back, regions counted
+        from the parent's entry 0. Past the parent (negative, or from entries_per_table
+        on) they are its neighbours', read when first asked for: a walk cache holds the
+        last regions walked, which span two parents for a while after the convoy
+        crosses into a new one, and its entries are renamed through both."""
+        geo, slot = self.geo, self.slot
+        epp, tm = geo.entries_per_table, geo.table_mask
+        span = epp << psh
+        views = {0: parent.view()}
+        rev: dict = {}
+        grown = []
+
+        def add(k, pv):
+            for i in np.flatnonzero((pv & np.uint64(3)) == 3):
+                rev[int(pv[i]) & tm] = k * epp + int(i)
+
+        def view(k):
+            if k not in views:
+                base, pv = lo + k * span, None
+                if base >= 0 and slot.base < base + span and base < slot.base + slot.size:
+                    for lvl, page in self._path(max(base, slot.base))[0]:
+                        if lvl == parent.level:
+                            pv = page.view()
+                views[k] = pv
+            return views[k]
+
+        def table_at(i):
+            pv = view(i // epp)
+            if pv is None:
+                return None
+            e = int(pv[i % epp])
+            return e & tm if e & 3 == 3 else None
+
+        def index(pa):
+            i = rev.get(pa)
+            if i is None and not grown:
+                grown.append(1)
+                for k in (-1, 1):
+                    pv = view(k)
+                    if pv is not None:
+                        add(k, pv)
+                i = rev.get(pa)
+            return i
+
+        add(0, views[0])
+        return index, table_at
+
     def _regions_of(self, win: dict):
         """(parent table page, its shift, IPA of its entry 0, dirty offsets by entry)."""
         geo = self.geo
@@ -1017,14 +1065,9 @@ class Convoy:
         i0, i1 = s0["i0"], (b.x >> psh) & (epp - 1)
         if i1 != i0 + L:
             raise _NoJump("another parent table")
-        tm = geo.table_mask
-        rev = {int(pv[i]) & tm: int(i) for i in np.flatnonzero((pv & np.uint64(3)) == 3)}
-
-        def table_at(i):
-            return int(pv[i]) & tm
-
+        index, table_at = self._region_tables(parent, psh, lo)
         for pa in set(self._tlog[s0["tpos"]:]):
-            i = rev.get(pa)
+            i = index(pa)
             if i is None or not i0 <= i <= i1:
                 raise _NoJump("a table page written outside the period's regions")
         if self._region_state(parent, i1, psh, lo, dby) != s0["cur"]:
@@ -1091,16 +1134,19 @@ class Convoy:
             if d1 != d0 + dx:
                 raise _NoJump("TLB entries out of step")
 
+        behind = [i0]  # the earliest region a walk-cache entry points into
+
         def walk_val(v0, v1):
             (p0, g0), (p1, g1) = v0, v1
-            i = rev.get(p0)
+            i = index(p0)
             if i is None or i > i0 or table_at(i + L) != p1:  # (none ahead of the window)
                 raise _NoJump("walk caches out of step")
             if tables[p0].generation != g0 or tables[p1].generation != g1:
                 raise _NoJump("stale walk-cache pointer")
+            behind[0] = min(behind[0], i)
 
         def ren(p, j):
-            return table_at(rev[p] + j * L)
+            return table_at(index(p) + j * L)
 
         now, plans = [], []
         for tlb, st0 in zip(tlbs, s0["tlbs"]):
@@ -1167,6 +1213,9 @@ class Convoy:
                 new = [(lvl, kk + i * dkey[lvl]) for i in range(1, m + 1) for lvl, kk in add]
                 if len(set(new)) != len(new) or not set(new).isdisjoint(st1[2]):
                     raise _NoJump("a walk cache would refill an entry")
+        for q in range(behind[0], i0):  # (a neighbour parent's regions: renamed through)
+            if table_at(q) is None:
+                raise _NoJump("a region behind without a table")
         # --- apply (nothing has moved yet; _apply may still refuse) ---
         srcs = {}
         for i in range(i0, i1 + 1):
@@ -1264,6 +1313,8 @@ class Convoy:
             self.stats["region_jumps_segments"] += 1
         if L > 1:
             self.stats["region_jumps_multi"] += 1  # (periods of several regions)
+        if behind[0] < 0:
+            self.stats["region_jumps_two_parents"] += 1  # (walk caches renamed across)
         self.stats["regions"] += m * L
         self.stats["ns"] += m * period
         self.stats["faults"] += m * (sum(n for _, n in c1["mc2"][0])
