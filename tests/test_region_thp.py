@@ -17,6 +17,8 @@ from __future__ import annotations
 import pytest
 from test_fastpath import _kw, _run, _same
 
+from s2sim.sim import convoy
+
 THP = "anonymous_thp"
 
 
@@ -64,3 +66,17 @@ def test_thp_region_periods_across_parent_tables(variant):
     kw = _kw("64M", 4, THP, variant, offset=(1 << 30) - (32 << 20))
     stats = _same(kw, walk_capacity=8)
     assert stats.get("region_jumps_two_parents", 0) > 0, stats
+
+
+def test_thp_region_snapshot_at_first_sighting(monkeypatch):
+    # once a region period was jumped in a stage, the next candidate is snapshotted at
+    # its first sighting: one period fewer runs exactly before each later jump
+    kw = _kw("64M", 6, THP, "patch1")
+    key = tuple(sorted(kw.items()))
+    monkeypatch.setattr(convoy, "REGION_RECUR", False)
+    _, late, _ = _run(key, True, 0, 8)
+    _run.cache_clear()
+    monkeypatch.setattr(convoy, "REGION_RECUR", True)
+    stats = _same(kw, walk_capacity=8)
+    _run.cache_clear()
+    assert stats["regions"] > late["regions"], (stats, late)

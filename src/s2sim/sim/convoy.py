@@ -90,6 +90,7 @@ REGION_OFFSETS = 8       # boundaries this close to a region's start are region-
 REGION_REACH = 256       # recently allocated table pages a region period may reference
 REGION_KMAX = 4          # table pages a region period may allocate
 REGION_PERIOD_MAX = 32   # regions a period over existing tables may span (THP)
+REGION_RECUR = True      # THP: snapshot at a fingerprint's first sighting once one jumped
 GROUPS = True            # convoys at different rates (anonymous 4K CREATE), see _try_groups
 GROUP_GAP = 2 * MARGIN + 2  # pages between two agents' positions that make two convoys
 IPA_OPS = ("IPAS2E1IS", "IPAS2LE1IS", "RIPAS2E1IS", "RIPAS2LE1IS")
@@ -184,6 +185,7 @@ class Convoy:
         self.macro: dict = {}      # (fingerprint, offset in region) -> a snapshot (_snapshot)
         self._tlog: list = []      # table pages written (or refcounted), in order
         self._tregion = -1         # the region of the last THP region-period candidate
+        self._trecur = False       # a THP region period was jumped in this stage
         self._reset()
         self._install()
 
@@ -919,8 +921,11 @@ class Convoy:
                 self.why["region: " + str(e)] += 1
         if len(self.macro) >= TEMPLATES:
             self.macro.clear()
-        # a full snapshot (the TLBs: costly) only once the fingerprint has come back
-        self.macro[key] = {"b": b} if s0 is None else self._snapshot_tables(b, win)
+        # a full snapshot (the TLBs: costly) only once the fingerprint has come back, or
+        # at once where a region period was jumped in this stage (they come back: one
+        # period less run exactly after each jump)
+        self.macro[key] = {"b": b} if s0 is None and not (self._trecur and REGION_RECUR) else \
+            self._snapshot_tables(b, win)
         return None
 
     def _region_tables(self, parent, psh: int, lo: int):
@@ -1315,6 +1320,7 @@ class Convoy:
             self.stats["region_jumps_multi"] += 1  # (periods of several regions)
         if behind[0] < 0:
             self.stats["region_jumps_two_parents"] += 1  # (walk caches renamed across)
+        self._trecur = True
         self.stats["regions"] += m * L
         self.stats["ns"] += m * period
         self.stats["faults"] += m * (sum(n for _, n in c1["mc2"][0])
