@@ -35,10 +35,25 @@ def test_thp_region_periods(kw):
     assert stats.get("region_jumps_segments", 0) > 0, stats  # UPDATE: across segments
 
 
-def test_thp_region_periods_of_several_regions():
-    # 4 vCPUs: the leader of UPDATE's convoy rotates, the period is 4 regions
+def test_thp_region_periods_of_several_regions(monkeypatch):
+    # 4 vCPUs: the leader of UPDATE's convoy rotates. Up to the vCPUs' names the
+    # period is one region (each passes its role to the next); with names, 4 regions
+    monkeypatch.setattr(convoy, "ROLES", False)
+    _run.cache_clear()
     stats = _same(_kw("32M", 4, THP, "v5.11"))
+    _run.cache_clear()
     assert stats.get("region_jumps_multi", 0) > 0 and stats["regions"] >= 4, stats
+    assert not stats.get("region_jumps_renamed"), stats
+
+
+def test_thp_region_periods_up_to_names():
+    # the same runs with vCPUs renamed over each jump: results, every TLB (entries and
+    # counters), table, memcache and host page the exact path's after every stage
+    stats = _same(_kw("32M", 4, THP, "v5.11"))
+    assert stats.get("region_jumps_renamed", 0) > 0 and stats["regions"] >= 4, stats
+    # v5.11 ADJUST at 20 vCPUs: the order of the convoy changes from region to region
+    stats = _same(_kw("64M", 20, THP, "v5.11"), walk_capacity=8)
+    assert stats.get("region_jumps_renamed", 0) > 0, stats
 
 
 def test_thp_adjust_region_periods():
@@ -74,6 +89,7 @@ def test_thp_region_snapshot_at_first_sighting(monkeypatch):
     kw = _kw("64M", 6, THP, "patch1")
     key = tuple(sorted(kw.items()))
     monkeypatch.setattr(convoy, "REGION_RECUR", False)
+    _run.cache_clear()
     _, late, _ = _run(key, True, 0, 8)
     _run.cache_clear()
     monkeypatch.setattr(convoy, "REGION_RECUR", True)

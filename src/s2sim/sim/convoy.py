@@ -91,6 +91,7 @@ REGION_REACH = 256       # recently allocated table pages a region period may re
 REGION_KMAX = 4          # table pages a region period may allocate
 REGION_PERIOD_MAX = 32   # regions a period over existing tables may span (THP)
 REGION_RECUR = True      # THP: snapshot at a fingerprint's first sighting once one jumped
+ROLES = True             # THP region periods up to the vCPUs' names (_canon, _rename)
 GROUPS = True            # convoys at different rates (anonymous 4K CREATE), see _try_groups
 GROUP_GAP = 2 * MARGIN + 2  # pages between two agents' positions that make two convoys
 IPA_OPS = ("IPAS2E1IS", "IPAS2LE1IS", "RIPAS2E1IS", "RIPAS2LE1IS")
@@ -186,14 +187,43 @@ class Convoy:
         self._tlog: list = []      # table pages written (or refcounted), in order
         self._tregion = -1         # the region of the last THP region-period candidate
         self._trecur = False       # a THP region period was jumped in this stage
+        self._names = list(range(len(self.vcpus)))  # vCPU c stands for _names[c] (_rename)
+        self._done = 0
+        self._mcs = [u.mc for u in self.vcpus]
         self._reset()
         self._install()
 
     def end(self) -> None:
+        self._settle()
         self._uninstall()
         self.on = False
         self.wave = 1 << 62
         self._reset()
+
+    def vcpu_done(self) -> None:
+        """A vCPU finished the stage; when the last one has, names go back (`_settle`)."""
+        self._done += 1
+        if self._done == len(self.vcpus):
+            self._settle()
+
+    def _settle(self) -> None:
+        """The stage's vCPUs are done: what vCPU c holds (its TLB) is `_names[c]`'s on the
+        exact path, so each TLB goes to that vCPU; memcaches go back to their own."""
+        names = self._names
+        if names == list(range(len(names))):
+            return
+        tlbs, vcpus = self.machine.tlbs, self.vcpus
+        old = list(tlbs[:len(names)])
+        cnt = [(u.accesses, u.walks, u.faults, u.conflicts, dict(u.outcomes)) for u in vcpus]
+        for c, nm in enumerate(names):
+            tlbs[nm] = old[c]
+            u = vcpus[nm]
+            u.accesses, u.walks, u.faults, u.conflicts, out = cnt[c]
+            u.outcomes.clear()
+            u.outcomes.update(out)
+        for u, mc in zip(vcpus, self._mcs):
+            u.mc = mc
+        self._names = list(range(len(names)))
 
     def _reset(self) -> None:
         self.bounds: list[_Boundary] = []
@@ -912,11 +942,14 @@ class Convoy:
         if rb == self._tregion:
             return None  # one candidate per region: its first boundary
         self._tregion = rb
-        key = ("tables", b.fp[1:], b.x - rb, win["rsize"])
+        fp, order = self._canon(b.fp) if ROLES else (b.fp, None)
+        if fp is None:
+            return None  # (two vCPUs in the same state: which is which is undefined)
+        key = ("tables", fp[1:], b.x - rb, win["rsize"])
         s0 = self.macro.get(key)
         if s0 is not None and b.x > s0["b"].x and "tlbs" in s0:
             try:
-                return self._region_jump_tables(v, s0, b, win)
+                return self._region_jump_tables(v, s0, b, win, order)
             except _NoJump as e:
                 self.why["region: " + str(e)] += 1
         if len(self.macro) >= TEMPLATES:
@@ -926,7 +959,79 @@ class Convoy:
         # period less run exactly after each jump)
         self.macro[key] = {"b": b} if s0 is None and not (self._trecur and REGION_RECUR) else \
             self._snapshot_tables(b, win)
+        self.macro[key]["order"] = order
         return None
+
+    def _rename(self, role: list, m: int, c0: dict, c1: dict) -> None:
+        """After a jump of m periods in which vCPU c's role passes to role[c] each period:
+        here every vCPU kept its own state (moved), so vCPU c now stands for the one
+        that holds its role on the exact path, role^m[c] (composed with the names
+        of earlier jumps: `_names`). Its memcache is that vCPU's from now on (an
+        allocation takes that vCPU's pages), and its counters and its TLB's are
+        that vCPU's: the ones at b plus, period after period, the deltas of the
+        roles it held (role^i[c]'s over the recorded period, i < m). `_settle`
+        gives every TLB, memcache and counter back to its vCPU."""
+        n = len(role)
+        rm, walk = list(range(n)), []
+        for _ in range(m):
+            walk.append(rm)
+            rm = [role[c] for c in rm]
+        names = self._names
+        self._names = [names[rm[c]] for c in range(n)]
+        for c, u in enumerate(self.vcpus):
+            u.mc = self._mcs[self._names[c]]
+        v0, v1, t0, t1 = c0["v"], c1["v"], c0["tlb"], c1["tlb"]
+        for c, (u, tlb) in enumerate(zip(self.vcpus, self.machine.tlbs)):
+            cnt = list(v1[rm[c]][:4]) + list(t1[rm[c]])
+            out = dict(v1[rm[c]][5])
+            for w in walk:
+                r = w[c]
+                for i in range(4):
+                    cnt[i] += v1[r][i] - v0[r][i]
+                    cnt[4 + i] += t1[r][i] - t0[r][i]
+                o0 = dict(v0[r][5])
+                for key, x in v1[r][5]:
+                    if x != o0.get(key, 0):
+                        out[key] = out.get(key, 0) + x - o0.get(key, 0)
+            u.accesses, u.walks, u.faults, u.conflicts = cnt[:4]
+            tlb.hits, tlb.misses, tlb.conflicts, tlb.evictions = cnt[4:]
+            u.outcomes.clear()
+            u.outcomes.update(out)
+        self.stats["region_jumps_renamed"] += 1
+
+    def _canon(self, fp: tuple):
+        """A fingerprint up to the vCPUs' names, and their order in it (or None, None
+        when two vCPUs are in the same state).
+
+        The vCPUs run the same code over the same segments, the lock is FIFO and the
+        engine breaks ties by push order: the simulation is the same with the vCPUs
+        renamed. Each vCPU's part (program point, position, fault, last fault, the
+        TLB entries in its reach) decides its rank; the heap, the lock and pending
+        TLBIs name vCPUs by rank. THP ADJUST at v5.11 needs it: the order in which the
+        vCPUs leave a region's read half and queue in the next region's convoy
+        changes from region to region, so no region's state is an earlier one's
+        shifted, but nearly every one is up to names (`_region_jump_tables`).
+        """
+        si, stride, agents, last, heap, lk, pend, wfp, nc, opened = fp
+        level, rsize, tab, tl, hs = wfp
+        n = len(agents)
+        sig = [repr((agents[i], last[i], tl[i])) for i in range(n)]
+        if len(set(sig)) != n:
+            return None, None
+        order = sorted(range(n), key=sig.__getitem__)
+        rank = {c: k for k, c in enumerate(order)}
+
+        def rk(c):
+            return rank[c] if c in rank else ("host", c)
+
+        owner, waiters = lk
+        canon = (si, stride, tuple(agents[c] for c in order), tuple(last[c] for c in order),
+                 tuple((t, rk(c), val) for t, c, val in heap),
+                 (None if owner is None else (rk(owner[0]), owner[1]),
+                  tuple((rk(c), t) for c, t in waiters)),
+                 tuple((rk(e[0]),) + e[1:] for e in pend),
+                 (level, rsize, tab, tuple(tl[c] for c in order) + tl[n:], hs), nc, opened)
+        return canon, order
 
     def _region_tables(self, parent, psh: int, lo: int):
         """(index, table_at): the level-3 table page of a region and back, regions counted
@@ -1025,7 +1130,8 @@ class Convoy:
                 "ahead": n, "tpos": len(self._tlog), "first": win["first"],
                 "free": len(mem._free), "ready": len(self.host.ready)}
 
-    def _region_jump_tables(self, v, s0: dict, b: _Boundary, win: dict) -> int:
+    def _region_jump_tables(self, v, s0: dict, b: _Boundary, win: dict,
+                            order: list | None = None) -> int:
         """Skip m periods of L whole regions at once, exactly, where the regions' tables
         exist (THP UPDATE and ADJUST: allocated in CREATE, anywhere).
 
@@ -1046,6 +1152,15 @@ class Convoy:
         geo, mem, host, slot = self.geo, self.machine.mem, self.host, self.slot
         rsize = win["rsize"]
         dx, period = b.x - b0.x, b.t - b0.t
+        # roles: the vCPU order[k] at b is in the state order0[k] was in at b0
+        ident = list(range(len(self.vcpus)))
+        role = list(ident)
+        if order is not None and s0["order"] != order:
+            for k, c in enumerate(s0["order"]):
+                role[c] = order[k]
+        s0tlbs = list(s0["tlbs"])
+        for c in ident:
+            s0tlbs[role[c]] = s0["tlbs"][c]
         dsi, dk = b.si - b0.si, b.k - b0.k
         if period <= 0 or dx <= 0 or dx % rsize or b.stride != b0.stride or dsi < 0 or \
                 (dk * b.stride != dx if dsi == 0 else dk != 0):
@@ -1154,7 +1269,7 @@ class Convoy:
             return table_at(index(p) + j * L)
 
         now, plans = [], []
-        for tlb, st0 in zip(tlbs, s0["tlbs"]):
+        for tlb, st0 in zip(tlbs, s0tlbs):
             st1 = self._tlb_state(tlb)
             now.append(st1)
             (o0, lv0, w0, wv0), (o1, lv1, w1, wv1) = st0, st1
@@ -1245,7 +1360,7 @@ class Convoy:
             for y in dl:
                 set.add(dirty, qb + y)
         A = m * dx
-        for tlb, st0, (o1, lv1, w1, wv1), (po, pw, pl, pwi) in zip(tlbs, s0["tlbs"], now,
+        for tlb, st0, (o1, lv1, w1, wv1), (po, pw, pl, pwi) in zip(tlbs, s0tlbs, now,
                                                                    plans):
             for od, o, (kind, x, *_) in ((tlb._order, o1, po), (tlb._worder, w1, pw)):
                 if kind == "same":
@@ -1321,6 +1436,8 @@ class Convoy:
         if behind[0] < 0:
             self.stats["region_jumps_two_parents"] += 1  # (walk caches renamed across)
         self._trecur = True
+        if role != ident:
+            self._rename(role, m, b0.counters, b.counters)
         self.stats["regions"] += m * L
         self.stats["ns"] += m * period
         self.stats["faults"] += m * (sum(n for _, n in c1["mc2"][0])

@@ -172,6 +172,8 @@ class Vcpu:
                     yield self.costs.exit + self.costs.entry
                 else:
                     raise TypeError(f"translate returned {r!r}")
+        if ff is not None:
+            ff.vcpu_done()
 
     def _batch(self, b: ReadBatch) -> Generator:
         """Sleep through a read batch; returns how many of its accesses were taken."""
