@@ -288,3 +288,32 @@ def test_concatenated_root_walk_other_granules(granule, ipa_bits):
     assert pages == [0, top]
     start_pages = {pa for f, a, lvl, pa, i, v in rec.log if lvl == geo.start_level}
     assert len(start_pages) == geo.concatenated_tables
+
+
+@pytest.mark.parametrize("start, size", [(0, 4 * M2), (5 * K4 + 0x10, 3 * M2 - 9 * K4),
+                                         (M2 + 510 * K4, 2 * K4), (G1 - M2, 2 * M2)])
+def test_skip_invalid_visits_and_effects(start, size):
+    # a visitor that ignores invalid entries (stage2_update_leaf_attrs): stepping over
+    # runs of them at once counts the same visits and leaves the same entries as
+    # visiting each one
+    out = []
+    for skip in (False, True):
+        m, pt, mc = make()
+        map_pages(pt, mc, [0, 7 * K4, M2 + 300 * K4, M2 + 511 * K4, 3 * M2, G1 - K4, G1])
+        seen = []
+
+        def visit(flag, a, end, level, page, idx):
+            pte = page.entries[idx]
+            if not pte & 1:
+                return w.OK
+            seen.append((a, level))
+            page.entries[idx] = pte & ~d.S2AP_W
+            return w.OK
+            yield  # (a generator, as visitors are)
+
+        wk = w.Walker(m, visit, w.LEAF, skip_invalid=skip)
+        _, rc = drive(wk.walk(pt.vttbr.baddr, start, size))
+        tables = sorted((pa, bytes(p.entries)) for pa, p in m.mem.tables.items())
+        out.append((rc, wk.visits, wk.addr, seen, tables))
+    assert out[0] == out[1]
+    assert out[1][3], "the range holds valid leaves"

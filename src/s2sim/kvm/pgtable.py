@@ -198,8 +198,9 @@ class Stage2PageTable:
                                f"{self.geo.granule} granule")
         self.geo.check_ipa(addr, size)
 
-    def _walk(self, visitor, flags: int, addr: int, size: int) -> Generator:
-        wk = w.Walker(self.machine, visitor, flags)
+    def _walk(self, visitor, flags: int, addr: int, size: int,
+              skip_invalid: bool = False) -> Generator:
+        wk = w.Walker(self.machine, visitor, flags, skip_invalid)
         rc = yield from wk.walk(self.vttbr.baddr, addr, size)
         if wk.visits:
             yield Step("visit", visits=wk.visits)
@@ -343,7 +344,7 @@ class Stage2PageTable:
                 res.leaves += 1
             return w.OK
 
-        rc = yield from self._walk(visit, w.LEAF, addr, size)
+        rc = yield from self._walk(visit, w.LEAF, addr, size, skip_invalid=True)
         return rc
 
     def wrprotect(self, addr: int, size: int, cpu: int = 0) -> Generator:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 
+import numpy as np
+
 from s2sim.arch.geometry import Geometry
 from s2sim.arch.machine import Machine
 
@@ -37,14 +39,19 @@ Visitor = Callable[..., Generator]
 class Walker:
     """One walk over [addr, end) of a stage-2 table with one visitor."""
 
-    __slots__ = ("addr", "end", "flags", "geo", "machine", "tables", "visitor", "visits")
+    __slots__ = ("addr", "end", "flags", "geo", "machine", "skip_invalid", "tables",
+                 "visitor", "visits")
 
-    def __init__(self, machine: Machine, visitor: Visitor, flags: int) -> None:
+    def __init__(self, machine: Machine, visitor: Visitor, flags: int,
+                 skip_invalid: bool = False) -> None:
         self.machine = machine
         self.geo: Geometry = machine.geo
         self.tables = machine.mem.tables
         self.visitor, self.flags = visitor, flags
         self.visits = 0
+        # the visitor does nothing for an invalid entry: runs of them are stepped over
+        # at once (still counted as visits: the time a walk takes)
+        self.skip_invalid = skip_invalid
 
     def walk(self, root_pa: int, addr: int, size: int) -> Generator:
         """Walk the root (all concatenated start-level pages); returns the status."""
@@ -64,12 +71,30 @@ class Walker:
 
     def _table(self, page, level: int, idx: int) -> Generator:
         epp = self.geo.entries_per_table
+        skip = self.skip_invalid
+        entries = page.entries
         while idx < epp and self.addr < self.end:
+            if skip and not entries[idx] & 1:
+                idx = self._skip(page, level, idx)
+                continue
             rc = yield from self._visit(page, level, idx)
             if rc:
                 return rc
             idx += 1
         return OK
+
+    def _skip(self, page, level: int, idx: int) -> int:
+        """Step over the invalid entries from `idx` (at least that one) that the walk
+        would visit, as that many LEAF visits that do nothing; the index after them."""
+        size = 1 << self.geo.shifts[level]
+        first = _next(self.addr, self.geo.shifts[level])  # where entry idx + 1 starts
+        lim = min(self.geo.entries_per_table,
+                  idx + 1 + max(0, (self.end - first + size - 1) // size))
+        nz = np.flatnonzero(page.view()[idx:lim] & np.uint64(1))
+        k = int(nz[0]) if len(nz) else lim - idx
+        self.visits += k
+        self.addr = first + (k - 1) * size
+        return idx + k
 
     def _visit(self, page, level: int, idx: int) -> Generator:
         self.visits += 1
