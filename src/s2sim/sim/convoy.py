@@ -2092,11 +2092,7 @@ class Convoy:
             for i in range(1, m + 1):
                 ready[pa + i * dp] = r + i * period
         if plan["hops"]:
-            replay = host.replay
-            for i in range(1, m + 1):
-                s = i * dp
-                for what, pa in plan["hops"]:
-                    replay(what, pa + s)
+            host.replay_periods([(what, pa, dp) for what, pa in plan["hops"]], m)
         dirty = self.slot.dirty
         for ipa in plan["dirty"]:
             for i in range(1, m + 1):
@@ -2888,10 +2884,7 @@ class Convoy:
             machine.mem.tables[pa].refcount += m * ref
         self._greplay_tlbs(plan, m, dps)
         if plan["hops"]:
-            replay = host.replay
-            for i in range(1, m + 1):
-                for gi, what, pa in plan["hops"]:
-                    replay(what, pa + i * dps[gi])
+            host.replay_periods([(what, pa, dps[gi]) for gi, what, pa in plan["hops"]], m)
         dirty = self.slot.dirty
         for gi, ipa in plan["dirty"]:
             for i in range(1, m + 1):

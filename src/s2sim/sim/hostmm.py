@@ -290,6 +290,50 @@ class HostMemory:
         """The host region (PMD) of a slot PA."""
         return self.slot.pa + ((pa - self.slot.pa) & ~(self.pmd - 1))
 
+    def replay_periods(self, hops: list, m: int) -> None:
+        """`replay` of periods i = 1..m of `hops` ((what, pa, step) in the period's order;
+        change j of period i at pa + i*step), as m * len(hops) calls would apply them.
+
+        Why in bulk: a convoy jump replays every skipped period's zero-page maps,
+        allocations and COWs (anonymous 4K CREATE: millions of calls). Each change only
+        sets or clears one page's bit, so per region the result is the OR of the pages
+        each kind touched, in any order, as long as no page is both zero-mapped and
+        COW'd in the jump (set then cleared: the order would matter); then, and for a
+        step that is not whole pages, the changes are applied one by one."""
+        if m <= 0 or not hops:
+            return
+        slot, pmd, g = self.slot, self.pmd, self.granule
+        own: dict = {}
+        zero: dict = {}
+        cow: dict = {}
+        for what, pa, step in hops:
+            first, last = pa + step - slot.pa, pa + m * step - slot.pa
+            if step < 0 or step % g or first & ~(pmd - 1) != last & ~(pmd - 1) or \
+                    what not in (ZERO_MAP, PAGE_ALLOC, COW):
+                break
+            s = step // g
+            rep = m if s == 0 else ((1 << (s * m)) - 1) // ((1 << s) - 1)
+            mask = (1 if s == 0 else rep) << ((first & (pmd - 1)) // g)
+            rpa = slot.pa + (first & ~(pmd - 1))
+            if what is ZERO_MAP:
+                zero[rpa] = zero.get(rpa, 0) | mask
+            else:
+                own[rpa] = own.get(rpa, 0) | mask
+                if what is COW:
+                    cow[rpa] = cow.get(rpa, 0) | mask
+        else:
+            if not any(zero.get(rpa, 0) & c for rpa, c in cow.items()):
+                regions = self.regions
+                for rpa in own.keys() | zero.keys():
+                    r = regions[rpa]
+                    r[1] |= own.get(rpa, 0)
+                    r[2] = (r[2] | zero.get(rpa, 0)) & ~cow.get(rpa, 0)
+                return
+        replay = self.replay
+        for i in range(1, m + 1):
+            for what, pa, step in hops:
+                replay(what, pa + i * step)
+
     def replay(self, what: str, pa: int) -> None:
         """Apply an anonymous 4K page's state change (as recorded by `_note`) at `pa`."""
         slot = self.slot
