@@ -8,7 +8,7 @@ from s2sim.arch.machine import Machine
 from s2sim.kvm.coalesce import variant
 from s2sim.kvm.vm import Kvm
 from s2sim.sim.costs import CostModel
-from s2sim.sim.hostmm import COW, PAGE_ALLOC, PTE, ZERO_MAP, HostMemory
+from s2sim.sim.hostmm import COW, COW_RACE_LOST, NOTIFIER, PAGE_ALLOC, PTE, ZERO_MAP, HostMemory
 from s2sim.sim.profile import load_profile
 from s2sim.workloads.pagetable_test import TestConfig as Config
 
@@ -29,7 +29,7 @@ def _host():
     return host
 
 
-hops_st = st.lists(st.tuples(st.sampled_from([ZERO_MAP, PAGE_ALLOC, COW]),
+hops_st = st.lists(st.tuples(st.sampled_from([ZERO_MAP, PAGE_ALLOC, COW, NOTIFIER, COW_RACE_LOST]),
                              st.integers(0, 4 * 512 - 1), st.sampled_from([0, 1, 2, 3, 7])),
                    min_size=1, max_size=6)
 

@@ -101,6 +101,14 @@ class _NoJump(Exception):
     """This boundary cannot be fast-forwarded (the exact path goes on)."""
 
 
+class _NoRoom(_NoJump):
+    """A convoy's period does not fit before its region's end (`rend`, an IPA)."""
+
+    def __init__(self, gi: int, rend: int) -> None:
+        super().__init__("convoys: no room")
+        self.gi, self.rend = gi, rend
+
+
 def _chain(gen) -> tuple:
     """The program point of a suspended generator stack: (code, instruction) per frame."""
     out = []
@@ -186,6 +194,7 @@ class Convoy:
         self.macro: dict = {}      # (fingerprint, offset in region) -> a snapshot (_snapshot)
         self._tlog: list = []      # table pages written (or refcounted), in order
         self._tregion = -1         # the region of the last THP region-period candidate
+        self._noroom = None        # a convoy a template had no room for (_try_groups)
         self._trecur = False       # a THP region period was jumped in this stage
         self._names = list(range(len(self.vcpus)))  # vCPU c stands for _names[c] (_rename)
         self._done = 0
@@ -2328,6 +2337,16 @@ class Convoy:
         has advanced by its own whole number of pages and the period is jumped with a
         shift per group (`_gjump`).
         """
+        nr = self._noroom
+        if nr is not None and nr[0] == (si, stride, len(groups)):
+            lo, hi, _ = groups[nr[1]]
+            if nr[2] <= lo and hi < nr[3]:
+                # the template that had no room for this convoy before its region's end
+                # has less now: skip the fingerprint (the exact path goes on; this only
+                # saves time) until the convoy reaches the next region
+                self.stats["noroom_skips"] += 1
+                return 0
+            self._noroom = None
         fp, wins, gof = self._gfingerprint(si, stride, groups, t)
         b = _GBoundary(t, tuple(w["k"] for w in wins), si, tuple(w["x"] for w in wins), fp,
                        self._counters(), len(self.log), stride)
@@ -2340,6 +2359,11 @@ class Convoy:
             if tpl is not None:
                 try:
                     return self._gtemplate(tpl, b, wins, gof)
+                except _NoRoom as e:
+                    self.why["convoys template: " + str(e)] += 1
+                    seg0 = v.segments[si][0]
+                    self._noroom = ((si, stride, len(groups)), e.gi, groups[e.gi][0],
+                                    -(-(e.rend - seg0) // stride))
                 except _NoJump as e:  # nothing moved: the history stays valid
                     self.why["convoys template: " + str(e)] += 1
             self._trim()
@@ -2396,9 +2420,10 @@ class Convoy:
         dps = [(k1 - k0) * stride for k0, k1 in zip(b0.k, bn.k)]
         Fs = [x - xj - dp for x, xj, dp in zip(b.x, bj.x, dps)]
         # (_gjump's room for one period at least, checked before the log is built)
-        for w, dp in zip(wins, dps):
-            if min(w["rbase"] + w["rsize"], w["seg_end"]) - 1 - w["last"] < dp:
-                raise _NoJump("convoys: no room")
+        for gi, (w, dp) in enumerate(zip(wins, dps)):
+            rend = min(w["rbase"] + w["rsize"], w["seg_end"])
+            if rend - 1 - w["last"] < dp:
+                raise _NoRoom(gi, rend)
         for w, c, dp in zip(wins, wins[1:], dps):
             if c["first"] - 1 - w["last"] < dp:
                 raise _NoJump("convoys: no room")

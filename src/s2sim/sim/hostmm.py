@@ -307,9 +307,10 @@ class HostMemory:
         zero: dict = {}
         cow: dict = {}
         for what, pa, step in hops:
+            if what not in (ZERO_MAP, PAGE_ALLOC, COW):
+                continue  # (counted, not a page state: `replay` changes nothing)
             first, last = pa + step - slot.pa, pa + m * step - slot.pa
-            if step < 0 or step % g or first & ~(pmd - 1) != last & ~(pmd - 1) or \
-                    what not in (ZERO_MAP, PAGE_ALLOC, COW):
+            if step < 0 or step % g or first & ~(pmd - 1) != last & ~(pmd - 1):
                 break
             s = step // g
             rep = m if s == 0 else ((1 << (s * m)) - 1) // ((1 << s) - 1)
