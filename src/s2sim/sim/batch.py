@@ -57,7 +57,21 @@ from s2sim.sim.engine import SimError
 from s2sim.sim.events import GuestWalks
 
 MIN_BATCH = 2
-_OA = np.uint64(0xFFFFFFFFF000)  # output address bits of a 4 KiB page descriptor
+_OA = 0xFFFFFFFFF000  # output address bits of a 4 KiB page descriptor
+_CHECKS: dict = {}
+
+
+def _entry_check(perm: int, pa_bits: int) -> tuple:
+    """(mask, value) as numpy scalars: `e & mask == value` iff the page descriptor e
+    is valid, accessed, grants `perm` and has no output address bit at or above
+    `pa_bits` (the walker's inline success case). One masked compare instead of
+    two; cached, numpy scalars cost a few us to make."""
+    chk = _CHECKS.get((perm, pa_bits))
+    if chk is None:
+        need = 3 | d.AF | perm   # (all below bit 12: disjoint from the address bits)
+        high = _OA & ~((1 << pa_bits) - 1)
+        chk = _CHECKS[(perm, pa_bits)] = (np.uint64(need | high), np.uint64(need))
+    return chk
 
 
 class BatchTie(SimError):
@@ -133,11 +147,13 @@ class ReadBatch:
         last = t1 + (n - 1) * c
         # Another batch in step with this one: their accesses meet at every step, in
         # the order of their first meeting (`pairs`); a batch starting ahead of this
-        # one is not ordered against it: stop before they meet.
+        # one is not ordered against it: stop before they meet. (`last_time` inlined:
+        # with tens of vCPUs, nearly every TLB has a batch in flight.)
         pairs = []
         for tl in machine.tlbs:
             b = tl.batch
-            if b is not None and (b.t1 - t1) % c == 0 and b.t1 <= last and t1 <= b.last_time:
+            if b is not None and (b.t1 - t1) % c == 0 and b.t1 <= last and \
+                    t1 <= b.t1 + (b.n - 1) * b.c:
                 if b.t1 > t1:
                     n = min(n, (b.t1 - t1) // c)
                     continue
@@ -150,22 +166,20 @@ class ReadBatch:
                 else:
                     return None
         # the entries ahead: valid, accessed pages the access may use (vectorised)
-        need = np.uint64(3 | d.AF | perm)
+        mask, need = _entry_check(perm, geo.pa_bits)
         i0 = r.index + 1
-        ents = page.view()[i0:i0 + n]
-        ok = (ents & need) == need
-        ok &= (ents & _OA) >> np.uint64(geo.pa_bits) == 0
+        ok = (page.view()[i0:i0 + n] & mask) == need
         m = n if ok.all() else int(ok.argmin())
         if m >= MIN_BATCH:
-            # and nothing cached for them (keys not in this TLB)
-            vmid = vcpu.vttbr.vmid
-            first = nxt >> geo.shifts[3]
+            # and nothing cached for them (keys not in this TLB): `isdisjoint` probes
+            # the dict key by key in C, without building a set; the first hit, rare,
+            # is then looked for
             dct = tlb.leaf[3]
             if dct:
-                k0 = (first << 16) | vmid
-                hit = dct.keys() & set(range(k0, k0 + (m << 16), 1 << 16))
-                if hit:
-                    m = min((k >> 16) - first for k in hit)
+                k0 = ((nxt >> geo.shifts[3]) << 16) | vmid
+                keys = range(k0, k0 + (m << 16), 1 << 16)
+                if not dct.keys().isdisjoint(keys):
+                    m = next(j for j, k in enumerate(keys) if k in dct)
         if m < MIN_BATCH:
             return None
         rsize = 1 << geo.shifts[2]
@@ -222,7 +236,7 @@ class ReadBatch:
         dct = tlb.leaf[3]
         vmid = v.vttbr.vmid
         base = self.ipa0 >> machine.geo.shifts[3]  # stride is the page size
-        keys = list(range(((base + j0) << 16) | vmid, ((base + upto) << 16) | vmid, 1 << 16))
+        keys = range(((base + j0) << 16) | vmid, ((base + upto) << 16) | vmid, 1 << 16)
         descs = self.page.entries[self.idx0 + j0:self.idx0 + upto]
         cap = tlb.capacity
         if cap is None:
@@ -282,11 +296,18 @@ class ReadBatch:
 
     def note(self, agent, t: int) -> None:
         """The engine resumes `agent` at `t`: if one of the accesses is at `t`, record
-        which came first."""
-        j, r = divmod(t - self.t1, self.c)
-        if r or j < 0 or j >= self.n or agent is self.vcpu.agent:
+        which came first.
+
+        Called for every batch in flight at every resumption (with tens of vCPUs in
+        step, nearly always at an access time): `first`'s common case, resumptions
+        scheduled at different times, is inlined."""
+        c = self.c
+        dt = t - self.t1
+        if dt < 0 or dt % c or dt >= self.n * c or agent is self.vcpu.agent:
             return
-        self.before[agent] = (t, self.first(agent, j))
+        s = agent.sched_at
+        sj = t - c if dt else self.t0   # when access j = dt // c was scheduled
+        self.before[agent] = (t, s < sj if s != sj else self.first(agent, dt // c))
 
     def done_before_now(self) -> int:
         """How many accesses precede the agent now running (engine.cur)."""
@@ -339,9 +360,14 @@ class ReadBatch:
         eng = self.vcpu.engine
         now = eng.now
         j = self.n - 1
-        if not any(e[0] == now and self.first(e[3], j) for e in eng._heap):
-            return None
-        return self.seq_at(j)
+        sj = self._sched(j)
+        for e in eng._heap:
+            # `first(e[3], j)` in heap order, its different-time case inlined
+            if e[0] == now:
+                s = e[3].sched_at
+                if s < sj or s == sj and self.first(e[3], j):
+                    return self.seq_at(j)
+        return None
 
     def on_write(self, index: int) -> None:
         if self.idx0 <= index < self.idx0 + self.n:

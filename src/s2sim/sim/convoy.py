@@ -2821,15 +2821,28 @@ class Convoy:
             tlb = self.machine.tlbs[cpu]
             if tlb.capacity is not None:
                 other = sum(1 for _, kk in tlb._order if (kk & 0xFFFF) != self.vmid)
-                occ = len(tlb._order)
-                for _ in range(1 if modes[cpu] == "last" else m):
+
+                def period_from(occ, ops=ops, other=other):
+                    # (peak, end, flushed) of one period's occupancy from `occ`
+                    peak, flushed = occ, False
                     for _, e in ops:
                         if e[0] == "f":
                             occ += 1
-                            if occ > tlb.capacity:
-                                raise _NoJump("convoys: the replay could evict")
+                            peak = max(peak, occ)
                         elif e[0] == "i" and e[2] in (VMALLE1IS, VMALLS12E1IS):
-                            occ = other
+                            occ, flushed = other, True
+                    return peak, occ, flushed
+
+                # the periods in one pass: without a flush the size only grows (the
+                # last period's end is the peak); with one, every period after the
+                # first starts from the same size, so the second stands for the rest
+                n = 1 if modes[cpu] == "last" else m
+                peak, end, flushed = period_from(len(tlb._order))
+                if n > 1:
+                    peak = max(peak, period_from(end)[0] if flushed
+                               else len(tlb._order) + n * (end - len(tlb._order)))
+                if peak > tlb.capacity:
+                    raise _NoJump("convoys: the replay could evict")
         return {"writes": wr, "refs": refs, "tlb": tlbops, "modes": modes, "dirty": dirty,
                 "hops": hops}
 
