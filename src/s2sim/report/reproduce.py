@@ -85,8 +85,7 @@ def build(data, results: list[dict], fits: list | None = None, scale: int = 1) -
                          "outcomes": st["outcomes"]})
         out.append({"id": run.id, "variant": run.variant, "backing": run.backing,
                     "size": run.size, "simulated_size": res["config"]["size"],
-                    "vcpus": run.vcpus, "stages": rows,
-                    "wall_seconds": res["wall_seconds"]})
+                    "vcpus": run.vcpus, "stages": rows})
     return {"data": data.path, "data_sha256": data.sha256, "scale": scale, "runs": out}
 
 

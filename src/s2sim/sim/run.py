@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from s2sim import __version__
 from s2sim.arch.machine import Machine
 from s2sim.kvm.coalesce import variant as get_variant
@@ -47,7 +45,6 @@ def run_pagetable_test(cfg: TestConfig, profile: Profile | None = None,
 
 def _run(cfg: TestConfig, profile: Profile | None, observers: tuple, ff_stats: dict | None,
          batch: bool) -> dict:
-    wall0 = time.perf_counter()
     prof = profile or load_profile(cfg.platform)
     var = get_variant(cfg.variant, cfg.coalesce, cfg.cmo)
     geo = cfg.geometry
@@ -142,7 +139,6 @@ def _run(cfg: TestConfig, profile: Profile | None, observers: tuple, ff_stats: d
         "aborted": aborted,
         "simulated_ns": engine.now,
         "engine_resumptions": engine.resumptions,
-        "wall_seconds": round(time.perf_counter() - wall0, 3),
     }
 
 
