@@ -130,11 +130,19 @@ class Geometry:
         return (ipa >> self.shifts[level]) & (self.entries_per_table - 1)
 
     def block_levels(self) -> tuple[int, ...]:
-        """Levels that may hold a block descriptor in this geometry."""
-        return tuple(lvl for lvl in BLOCK_LEVELS[self.granule] if lvl >= self.start_level)
+        """Levels that may hold a block descriptor in this geometry (memoised: the
+        fault path asks on every fault; the instance is frozen, so kept in __dict__)."""
+        v = self.__dict__.get("_block_levels")
+        if v is None:
+            v = tuple(lvl for lvl in BLOCK_LEVELS[self.granule] if lvl >= self.start_level)
+            self.__dict__["_block_levels"] = v
+        return v
 
     def leaf_levels(self) -> tuple[int, ...]:
-        return self.block_levels() + (3,)
+        v = self.__dict__.get("_leaf_levels")
+        if v is None:
+            v = self.__dict__["_leaf_levels"] = self.block_levels() + (3,)
+        return v
 
     def block_allowed(self, level: int) -> bool:
         return level in BLOCK_LEVELS[self.granule] and level >= self.start_level
