@@ -184,6 +184,8 @@ class Mirror:
             self._invalidate(t)
 
     def _invalidate(self, t: ev.Tlbi) -> None:
+        if self.cfg is not None and t.vmid != self.cfg.vmid:
+            return  # another VM's translations: nothing of this stage-2 table's
         op = t.op
         if op == VMALLS12E1IS:
             self.stale_leaves.clear()
