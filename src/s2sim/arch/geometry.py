@@ -55,6 +55,7 @@ class Geometry:
     table_mask: int = field(default=0, compare=False)
     start_mask: int = field(default=0, compare=False)
     block_ok: tuple = field(default=(), compare=False)
+    blocks: tuple = field(default=(), compare=False)  # block_levels(), asked on every fault
 
     @staticmethod
     def make(granule: str | int = "4K", ipa_bits: int = 40, pa_bits: int = 48,
@@ -90,6 +91,8 @@ class Geometry:
         object.__setattr__(self, "shifts", shifts)
         object.__setattr__(self, "start_mask", self.start_entries() - 1)
         object.__setattr__(self, "block_ok", tuple(self.block_allowed(lvl) for lvl in range(4)))
+        object.__setattr__(self, "blocks", tuple(lvl for lvl in BLOCK_LEVELS[self.granule]
+                                                 if lvl >= self.start_level))
         object.__setattr__(self, "table_mask", ((1 << 48) - 1) & ~((1 << self.page_shift) - 1))
 
     # --- sizes -----------------------------------------------------------
@@ -130,19 +133,11 @@ class Geometry:
         return (ipa >> self.shifts[level]) & (self.entries_per_table - 1)
 
     def block_levels(self) -> tuple[int, ...]:
-        """Levels that may hold a block descriptor in this geometry (memoised: the
-        fault path asks on every fault; the instance is frozen, so kept in __dict__)."""
-        v = self.__dict__.get("_block_levels")
-        if v is None:
-            v = tuple(lvl for lvl in BLOCK_LEVELS[self.granule] if lvl >= self.start_level)
-            self.__dict__["_block_levels"] = v
-        return v
+        """Levels that may hold a block descriptor in this geometry."""
+        return self.blocks
 
     def leaf_levels(self) -> tuple[int, ...]:
-        v = self.__dict__.get("_leaf_levels")
-        if v is None:
-            v = self.__dict__["_leaf_levels"] = self.block_levels() + (3,)
-        return v
+        return self.blocks + (3,)
 
     def block_allowed(self, level: int) -> bool:
         return level in BLOCK_LEVELS[self.granule] and level >= self.start_level

@@ -313,8 +313,9 @@ class HostMemory:
             if step < 0 or step % g or first & ~(pmd - 1) != last & ~(pmd - 1):
                 break
             s = step // g
-            rep = m if s == 0 else ((1 << (s * m)) - 1) // ((1 << s) - 1)
-            mask = (1 if s == 0 else rep) << ((first & (pmd - 1)) // g)
+            # bits 0, s, 2s, ... (m of them; one bit if the page does not move)
+            rep = 1 if s == 0 else ((1 << (s * m)) - 1) // ((1 << s) - 1)
+            mask = rep << ((first & (pmd - 1)) // g)
             rpa = slot.pa + (first & ~(pmd - 1))
             if what is ZERO_MAP:
                 zero[rpa] = zero.get(rpa, 0) | mask
