@@ -60,7 +60,12 @@ one region; whole-VMID TLBIs to none) and replayed shifted by that group's advan
 the boundary (they only move away), which `_ahead_ok` checks like any pages ahead; TLBs
 must neither evict nor fill up. Verified periods are kept for each of their boundaries
 (phases), so the boundary after a jump, or after a region change, is jumped from at once
-(`_gkeep`, `_gtemplate`). tests/test_two_convoys.py checks it against the exact path.
+(`_gkeep`, `_gtemplate`). Each convoy's leader rotates, so with names the period is as
+many pages as a convoy has vCPUs; up to names (`_gcanon`: TLBs taken whole) it is one
+writer page, and such a period is jumped with every TLB set to its own state shifted
+and the vCPUs renamed (`_shift_tlbs`, `_rename`), which takes the jump to the page
+before the region's end instead of up to a long period before it.
+tests/test_two_convoys.py checks it against the exact path.
 """
 
 from __future__ import annotations
@@ -92,6 +97,8 @@ REGION_KMAX = 4          # table pages a region period may allocate
 REGION_PERIOD_MAX = 32   # regions a period over existing tables may span (THP)
 REGION_RECUR = True      # THP: snapshot at a fingerprint's first sighting once one jumped
 ROLES = True             # THP region periods up to the vCPUs' names (_canon, _rename)
+GROUP_ROLES = True       # several convoys' periods up to the vCPUs' names (_gcanon)
+TLB_SIG_MAX = 64         # TLB entries a renamed convoys' period may hold per TLB
 GROUPS = True            # convoys at different rates (anonymous 4K CREATE), see _try_groups
 GROUP_GAP = 2 * MARGIN + 2  # pages between two agents' positions that make two convoys
 IPA_OPS = ("IPAS2E1IS", "IPAS2LE1IS", "RIPAS2E1IS", "RIPAS2LE1IS")
@@ -136,9 +143,9 @@ class _Boundary:
 
 class _GBoundary(_Boundary):
     """A boundary of several convoys: also each window's (first, last, region base,
-    walk path), for templates (`_gkeep`)."""
+    walk path), for templates (`_gkeep`), and the vCPUs in rank order (`_gcanon`)."""
 
-    __slots__ = ("wins",)
+    __slots__ = ("order", "wins")
 
 
 class _RecordingSet(set):
@@ -237,6 +244,7 @@ class Convoy:
     def _reset(self) -> None:
         self.bounds: list[_Boundary] = []
         self.index: dict = {}
+        self.cindex: dict = {}  # fingerprints up to the vCPUs' names (_gcanon)
         self.log: list = []
 
     # --- recording: wrap the state-changing methods while a stage runs ----------------
@@ -978,35 +986,50 @@ class Convoy:
         of earlier jumps: `_names`). Its memcache is that vCPU's from now on (an
         allocation takes that vCPU's pages), and its counters and its TLB's are
         that vCPU's: the ones at b plus, period after period, the deltas of the
-        roles it held (role^i[c]'s over the recorded period, i < m). `_settle`
-        gives every TLB, memcache and counter back to its vCPU."""
+        roles it held (role^i[c]'s over the recorded period, i < m), summed along
+        role's cycles. `_settle` gives every TLB, memcache and counter back to its
+        vCPU."""
         n = len(role)
-        rm, walk = list(range(n)), []
-        for _ in range(m):
-            walk.append(rm)
-            rm = [role[c] for c in rm]
+        v0, v1, t0, t1 = c0["v"], c1["v"], c0["tlb"], c1["tlb"]
+        keys = sorted({k for a in v0[:n] + v1[:n] for k, _ in a[5]})
+
+        def rows(vs, ts):
+            out = []
+            for a, t in zip(vs[:n], ts[:n]):
+                o = dict(a[5])
+                out.append(list(a[:4]) + list(t) + [o.get(k, 0) for k in keys])
+            return np.array(out, dtype=np.int64)
+
+        r1 = rows(v1, t1)
+        delta = r1 - rows(v0, t0)
+        rm = [0] * n
+        total = np.zeros_like(r1)
+        seen = [False] * n
+        for c in range(n):
+            if seen[c]:
+                continue
+            cyc = [c]
+            seen[c] = True
+            while not seen[role[cyc[-1]]]:
+                cyc.append(role[cyc[-1]])
+                seen[cyc[-1]] = True
+            L = len(cyc)
+            q, r = divmod(m, L)
+            pre = np.zeros((2 * L + 1, r1.shape[1]), dtype=np.int64)
+            np.cumsum(delta[cyc + cyc], axis=0, out=pre[1:])
+            for s_, u in enumerate(cyc):
+                rm[u] = cyc[(s_ + m) % L]
+                total[u] = q * pre[L] + pre[s_ + r] - pre[s_]
         names = self._names
         self._names = [names[rm[c]] for c in range(n)]
-        for c, u in enumerate(self.vcpus):
-            u.mc = self._mcs[self._names[c]]
-        v0, v1, t0, t1 = c0["v"], c1["v"], c0["tlb"], c1["tlb"]
         for c, (u, tlb) in enumerate(zip(self.vcpus, self.machine.tlbs)):
-            cnt = list(v1[rm[c]][:4]) + list(t1[rm[c]])
-            out = dict(v1[rm[c]][5])
-            for w in walk:
-                r = w[c]
-                for i in range(4):
-                    cnt[i] += v1[r][i] - v0[r][i]
-                    cnt[4 + i] += t1[r][i] - t0[r][i]
-                o0 = dict(v0[r][5])
-                for key, x in v1[r][5]:
-                    if x != o0.get(key, 0):
-                        out[key] = out.get(key, 0) + x - o0.get(key, 0)
+            u.mc = self._mcs[self._names[c]]
+            cnt = [int(x) for x in r1[rm[c]] + total[c]]
             u.accesses, u.walks, u.faults, u.conflicts = cnt[:4]
-            tlb.hits, tlb.misses, tlb.conflicts, tlb.evictions = cnt[4:]
+            tlb.hits, tlb.misses, tlb.conflicts, tlb.evictions = cnt[4:8]
+            base = dict(v1[rm[c]][5])
             u.outcomes.clear()
-            u.outcomes.update(out)
-        self.stats["region_jumps_renamed"] += 1
+            u.outcomes.update((k, x) for k, x in zip(keys, cnt[8:]) if x or k in base)
 
     def _canon(self, fp: tuple):
         """A fingerprint up to the vCPUs' names, and their order in it (or None, None
@@ -1447,6 +1470,7 @@ class Convoy:
         self._trecur = True
         if role != ident:
             self._rename(role, m, b0.counters, b.counters)
+            self.stats["region_jumps_renamed"] += 1
         self.stats["regions"] += m * L
         self.stats["ns"] += m * period
         self.stats["faults"] += m * (sum(n for _, n in c1["mc2"][0])
@@ -1976,19 +2000,22 @@ class Convoy:
                     break
         return min(m, (bad - 1 - far) // dp)
 
-    def _scale_counters(self, c0: dict, c1: dict, m: int, dseq: int) -> None:
-        """Every counter grows by m times its delta over the period (c0 -> c1)."""
+    def _scale_counters(self, c0: dict, c1: dict, m: int, dseq: int, own: bool = True) -> None:
+        """Every counter grows by m times its delta over the period (c0 -> c1); with
+        `own` False the vCPUs' and TLBs' own counters are left to `_rename`."""
         machine, lock, host = self.machine, self.lock, self.host
         for i, v in enumerate(self.vcpus):
             a0, a1 = c0["v"][i], c1["v"][i]
-            v.accesses += m * (a1[0] - a0[0])
-            v.walks += m * (a1[1] - a0[1])
-            v.faults += m * (a1[2] - a0[2])
-            v.conflicts += m * (a1[3] - a0[3])
             dw = m * (a1[4] - a0[4])
             v.agent.lock_waited += dw
             if v.cur_fault is not None:
                 v.fault_waited0 += dw
+            if not own:
+                continue
+            v.accesses += m * (a1[0] - a0[0])
+            v.walks += m * (a1[1] - a0[1])
+            v.faults += m * (a1[2] - a0[2])
+            v.conflicts += m * (a1[3] - a0[3])
             o0 = dict(a0[5])
             for key, n in a1[5]:
                 if n != o0.get(key, 0):
@@ -2000,7 +2027,8 @@ class Convoy:
         lock.hold_ns += m * (l1[3] - l0[3])
         for key, x0, x1 in zip(list(machine.counts), c0["mc"], c1["mc"]):
             machine.counts[key] += m * (x1 - x0)
-        for tlb, t0, t1 in zip(machine.tlbs, c0["tlb"], c1["tlb"]):
+        skip = 0 if own else len(self.vcpus)  # (_rename's)
+        for tlb, t0, t1 in islice(zip(machine.tlbs, c0["tlb"], c1["tlb"]), skip, None):
             tlb.hits += m * (t1[0] - t0[0])
             tlb.misses += m * (t1[1] - t0[1])
             tlb.conflicts += m * (t1[2] - t0[2])
@@ -2351,11 +2379,28 @@ class Convoy:
         b = _GBoundary(t, tuple(w["k"] for w in wins), si, tuple(w["x"] for w in wins), fp,
                        self._counters(), len(self.log), stride)
         b.wins = [(w["first"], w["last"], w["rbase"], w["path"]) for w in wins]
+        b.order = None
         prev = self.index.get(fp)
         self.bounds.append(b)
         self.index[fp] = len(self.bounds) - 1
+        if prev is None and GROUP_ROLES:
+            cf, b.order = self._gcanon(fp, wins, gof)
+            if cf is not None:
+                cprev = self.cindex.get(cf)
+                self.cindex[cf] = len(self.bounds) - 1
+                b0 = self.bounds[cprev] if cprev is not None else None
+                if b0 is not None and b0.si == si and b0.stride == stride:
+                    role = list(range(len(self.vcpus)))
+                    for c0, c1 in zip(b0.order, b.order):
+                        role[c0] = c1
+                    try:
+                        return self._gjump(b0, b, wins, gof, role=role)
+                    except _NoJump as e:  # (refused before anything moved)
+                        self.why["convoys renamed: " + str(e)] += 1
         if prev is None:
-            tpl = self.gtemplates.get(fp[1:])
+            # (a fingerprint up to names finds its period within one short period: the
+            # templates, of whole periods of the names, are for when it cannot be had)
+            tpl = self.gtemplates.get(fp[1:]) if b.order is None else None
             if tpl is not None:
                 try:
                     return self._gtemplate(tpl, b, wins, gof)
@@ -2612,6 +2657,159 @@ class Convoy:
               tuple(w["fp"] for w in wins), kvm.mmu_notifier_count, tuple(opened))
         return fp, wins, gof
 
+    def _gcanon(self, fp: tuple, wins: list, gof: dict):
+        """A convoys' fingerprint up to the vCPUs' names, and the vCPUs in rank order (or
+        None, None).
+
+        Each convoy's leader rotates (anonymous 4K CREATE: the writers take turns to
+        COW a page, the readers to map the zero page), so the whole system only
+        repeats, shifted, after as many pages as a convoy has vCPUs; up to names it
+        repeats after one page. A live vCPU's part (program point, position, fault, last
+        fault, its TLB whole: `_tlb_sig`) decides its rank; finished vCPUs keep their
+        names; the heap, the lock and pending TLBIs name vCPUs by rank. The TLB is taken
+        whole, not only the window's entries, because a renamed period sets it directly
+        (`_shift_tlbs`) instead of replaying it. `_canon` is the one-convoy version."""
+        _, si, stride, agents, last, heap, lk, pend, wfps, nc, opened = fp
+        n = len(self.vcpus)
+        tlbs = self.machine.tlbs
+        if len(tlbs) < n:
+            return None, None
+        regs = self._regions(wins)
+        if regs is None:
+            return None, None
+        tsig = []
+        for tlb in tlbs:
+            ts = self._tlb_sig(tlb, regs)
+            if ts is None:
+                return None, None
+            tsig.append(ts)
+        # (with its place in the heap and in the lock's queue: vCPUs queued on the same
+        # page are in the same state but for those)
+        where = {c: ("heap", i) for i, (_, c, _) in enumerate(heap)}
+        owner, waiters = lk
+        if owner is not None:
+            where[owner[0]] = ("owner",)
+        where.update((c, ("waits", i)) for i, (c, _) in enumerate(waiters))
+        sig = [(agents[c], last[c], tuple(wf[3][c] for wf in wfps), tsig[c], where.get(c))
+               for c in range(n)]
+        live = [c for c in range(n) if c in gof]
+        if len(set(sig[c] for c in live)) != len(live):
+            return None, None
+        # (any order that is a function of the states: equal fingerprints then pair
+        # vCPUs in equal states, whatever the order; hashes are cheap to sort)
+        order = sorted(live, key=lambda c: hash(sig[c]))
+        rank = {c: r for r, c in enumerate(order)}
+
+        def rk(c):
+            return rank[c] if c in rank else ("fixed", c)
+
+        byc: dict = {}
+        for e in pend:
+            byc.setdefault(e[0], []).append(e[1:])
+        canon = (si, stride, tuple(sig[c] for c in order),
+                 tuple((c, sig[c]) for c in range(n) if c not in rank),
+                 tuple(tsig[n:]), tuple(wf[3][n:] for wf in wfps),  # (other CPUs' TLBs)
+                 tuple((t, rk(c), val) for t, c, val in heap),
+                 (None if owner is None else (rk(owner[0]), owner[1]),
+                  tuple((rk(c), t) for c, t in waiters)),
+                 frozenset((rk(c), tuple(ops)) for c, ops in byc.items()),
+                 tuple((wf[0], wf[1], wf[2], wf[4]) for wf in wfps), nc, opened)
+        return canon, order
+
+    def _regions(self, wins: list):
+        """Each convoy's region (base, end, front page number), or None when two share
+        one (a TLB entry's convoy would then be ambiguous)."""
+        sh = self.geo.shifts[3]
+        regs = [(w["rbase"], w["rbase"] + w["rsize"], w["x"] >> sh) for w in wins]
+        if len({r[0] for r in regs}) != len(regs):
+            return None
+        return regs
+
+    def _tlb_sig(self, tlb, regs: list):
+        """A TLB whole, normalised: its level-3 entries in a convoy's region relative to
+        that convoy's front page (they move with it), descriptors minus the PA they map;
+        every other entry (blocks, other regions, the walk cache: nothing a jump inside
+        the regions moves) as it is. Orders included. None if not this VMID's alone, or
+        too big to be worth it (`TLB_SIG_MAX`)."""
+        if tlb.capacity is None or tlb.walk_capacity is None or \
+                len(tlb._order) > TLB_SIG_MAX:
+            return None
+        vmid = self.vmid
+        sh = self.geo.shifts[3]
+        spa = self.slot.pa - self.slot.base
+        norm = {}
+        for lvl, dct in tlb.leaf.items():
+            for k, desc in dct.items():
+                if (k & 0xFFFF) != vmid:
+                    return None
+                if lvl == 3:
+                    j = k >> 16
+                    y = j << sh
+                    for g, (lo, hi, xj) in enumerate(regs):
+                        if lo <= y < hi:
+                            rel = desc - (y + spa)
+                            if rel < 0 or rel & OAP:
+                                return None
+                            norm[(lvl, k)] = ("m", g, j - xj, rel)
+                            break
+                    else:
+                        norm[(lvl, k)] = ("s", lvl, k, desc)
+                else:
+                    norm[(lvl, k)] = ("s", lvl, k, desc)
+        if len(norm) != len(tlb._order):
+            return None
+        for _, k in tlb._worder:
+            if (k & 0xFFFF) != vmid:
+                return None
+        return (tuple(norm[e] for e in tlb._order),
+                tuple(tuple(norm[(lvl, k)] for k in dct) for lvl, dct in tlb.leaf.items()),
+                tuple(tlb._worder),
+                tuple(tuple(dct.items()) for dct in tlb.walkc.values()))
+
+    def _shift_plan(self, regs: list, As: list) -> list:
+        """Per TLB, its level-3 entries in the convoys' regions moved by their convoy's
+        advance As[g] (`_tlb_sig`'s moving entries), checked to stay in the region."""
+        sh = self.geo.shifts[3]
+        plans = []
+        for tlb in self.machine.tlbs:
+            dct = tlb.leaf.get(3)
+            mv = {}
+            if dct:
+                for k in dct:
+                    y = (k >> 16) << sh
+                    for g, (lo, hi, _) in enumerate(regs):
+                        if lo <= y < hi:
+                            if y + As[g] >= hi:
+                                raise _NoJump("convoys renamed: a TLB entry would leave "
+                                              "its region")
+                            mv[k] = (k + ((As[g] >> sh) << 16), As[g])
+                            break
+            plans.append(mv)
+        return plans
+
+    def _shift_tlbs(self, plans: list) -> None:
+        """Set every TLB to its state m periods on (`_shift_plan`): the same entries in
+        the same orders, the moving ones shifted (a renamed period repeats the whole
+        state up to names, so each vCPU's TLB is its own shifted)."""
+        for tlb, mv in zip(self.machine.tlbs, plans):
+            if not mv:
+                continue
+            dct = tlb.leaf[3]
+            items = list(dct.items())
+            dct.clear()
+            for k, desc in items:
+                e = mv.get(k)
+                if e is None:
+                    dct[k] = desc
+                else:
+                    dct[e[0]] = desc + e[1]
+            o = tlb._order
+            keys = list(o)
+            o.clear()
+            for lvl, k in keys:
+                e = mv.get(k) if lvl == 3 else None
+                o[(lvl, k if e is None else e[0])] = None
+
     def _open_group(self, wins: list, pa: int, i: int) -> int:
         """The group whose window's table page and range hold open invalid window (pa, i)."""
         for gi, w in enumerate(wins):
@@ -2622,9 +2820,14 @@ class Convoy:
         raise _NoJump("an open invalid window off the convoys' windows")
 
     def _gjump(self, b0: _Boundary, b: _Boundary, wins: list, gof: dict,
-               synthetic: bool = False) -> int:
+               synthetic: bool = False, role: list | None = None) -> int:
         """Jump m periods of several convoys, each group shifted by its own advance
-        (`synthetic`: the log is a template's, made up to end at b: `_gtemplate`)."""
+        (`synthetic`: the log is a template's, made up to end at b: `_gtemplate`).
+
+        `role`: b repeats b0 up to the vCPUs' names (`_gcanon`), vCPU c's role at b0
+        being role[c]'s at b. Then the TLBs are not replayed but set (`_shift_tlbs`:
+        the fingerprints hold them whole), and each vCPU stands for another from then
+        on (`_rename`, as the THP region periods do)."""
         period = b.t - b0.t
         stride = b.stride
         dks = [k1 - k0 for k0, k1 in zip(b0.k, b.k)]
@@ -2646,7 +2849,10 @@ class Convoy:
         # windows only move forward): it then reads only what _ahead_ok checked
         for w, c, dp in zip(wins, wins[1:], dps):
             m = min(m, (c["first"] - 1 - w["last"]) // dp)
-        m = self._gevictions_ok(c0, c1, m)
+        if role is None:
+            m = self._gevictions_ok(c0, c1, m)
+        elif any(e1[3] != e0[3] for e0, e1 in zip(c0["tlb"], c1["tlb"])):
+            raise _NoJump("convoys: TLB evictions")
         for w, dp in zip(wins, dps):
             if m < 1:
                 break
@@ -2661,8 +2867,13 @@ class Convoy:
                 if (m * dps[gi]) % (1 << sh) or i + ((m * dps[gi]) >> sh) >= \
                         self.geo.entries_per_table:
                     raise _NoJump("open invalid windows would leave the table page")
-        plan = self._gplan(log, wins, dps, m, synthetic)
+        plan = self._gplan(log, wins, dps, m, synthetic, tlbs=role is None)
+        if role is not None:
+            plan["shift"] = self._shift_plan(self._regions(wins), [m * dp for dp in dps])
         self._gapply(b0, b, wins, gof, plan, m, dps, period)
+        if role is not None:
+            self._rename(role, m, c0, c1)
+            self.stats["group_jumps_renamed"] += 1
         self.stats["jumps"] += 1
         self.stats["group_jumps"] += 1
         self.stats["periods"] += m
@@ -2692,7 +2903,8 @@ class Convoy:
                     m = min(m, (tlb.capacity - s1) // (s1 - s0))
         return m
 
-    def _gplan(self, log: list, wins: list, dps: list, m: int, synthetic: bool) -> dict:
+    def _gplan(self, log: list, wins: list, dps: list, m: int, synthetic: bool,
+               tlbs: bool = True) -> dict:
         """`_plan` for several convoys: every effect attributed to the group whose window
         swept during the period holds its IPA (whole-VMID TLBIs to none: they do not
         move). A group's window at b0 is its window at b moved back by its advance (the
@@ -2737,11 +2949,14 @@ class Convoy:
                 if e[1] not in pages:
                     raise _NoJump("convoys: a refcount off the windows' table pages")
                 refs[e[1]] = refs.get(e[1], 0) + e[2]
-            elif kind in ("f", "fw", "h"):
-                tlbops.setdefault(e[1], []).append((group_of(e[3]), e))
-            elif kind == "i":
-                tlbops.setdefault(e[1], []).append(
-                    (group_of(e[4]) if e[2] in IPA_OPS else None, e))
+            elif kind in ("f", "fw", "h", "i"):
+                if not tlbs:
+                    continue  # (a renamed period: the TLBs are set, not replayed)
+                if kind == "i":
+                    tlbops.setdefault(e[1], []).append(
+                        (group_of(e[4]) if e[2] in IPA_OPS else None, e))
+                else:
+                    tlbops.setdefault(e[1], []).append((group_of(e[3]), e))
             elif kind == "d":
                 dirty.append((group_of(e[1]), e[1]))
             elif kind == "hm":
@@ -2899,7 +3114,7 @@ class Convoy:
                 v.skip += m * dks[gi]
                 if v.last_fault_ipa >= wins[gi]["first"]:
                     v.last_fault_ipa += As[gi]
-        self._scale_counters(c0, c1, m, dseq)
+        self._scale_counters(c0, c1, m, dseq, own="shift" not in plan)
         # open invalid windows move with their group
         op = self.metrics._open
         if op:
@@ -2920,7 +3135,10 @@ class Convoy:
             self._replay_writes(w, {"writes": plan["writes"][gi]}, m, dps[gi])
         for pa, ref in plan["refs"].items():
             machine.mem.tables[pa].refcount += m * ref
-        self._greplay_tlbs(plan, m, dps)
+        if "shift" in plan:
+            self._shift_tlbs(plan["shift"])
+        else:
+            self._greplay_tlbs(plan, m, dps)
         if plan["hops"]:
             host.replay_periods([(what, pa, dps[gi]) for gi, what, pa in plan["hops"]], m)
         dirty = self.slot.dirty
