@@ -52,6 +52,8 @@ def test_two_convoys_up_to_names_equal_exact(kw):
     # orders), table and host page equal the exact path's after every stage
     stats = _same(kw)
     assert stats.get("group_jumps_renamed", 0) > 0, stats
+    # and the writers' convoy alone, once the readers are done, up to names too
+    assert stats.get("jumps_renamed", 0) > 0, stats
 
 
 def test_two_convoys_templates_without_names(monkeypatch):

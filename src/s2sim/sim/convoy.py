@@ -99,6 +99,7 @@ REGION_RECUR = True      # THP: snapshot at a fingerprint's first sighting once 
 ROLES = True             # THP region periods up to the vCPUs' names (_canon, _rename)
 GROUP_ROLES = True       # several convoys' periods up to the vCPUs' names (_gcanon)
 TLB_SIG_MAX = 64         # TLB entries a renamed convoys' period may hold per TLB
+NAMED_WAIT = 8           # boundaries a period up to names is waited for (_named_soon)
 GROUPS = True            # convoys at different rates (anonymous 4K CREATE), see _try_groups
 GROUP_GAP = 2 * MARGIN + 2  # pages between two agents' positions that make two convoys
 IPA_OPS = ("IPAS2E1IS", "IPAS2LE1IS", "RIPAS2E1IS", "RIPAS2LE1IS")
@@ -134,18 +135,19 @@ def _chain(gen) -> tuple:
 
 
 class _Boundary:
-    __slots__ = ("counters", "fp", "k", "log_at", "si", "stride", "t", "x")
+    __slots__ = ("counters", "fp", "k", "log_at", "order", "si", "stride", "t", "x")
 
     def __init__(self, t, k, si, x, fp, counters, log_at, stride):
         self.t, self.k, self.si, self.x, self.fp = t, k, si, x, fp
         self.counters, self.log_at, self.stride = counters, log_at, stride
+        self.order = None  # the vCPUs in rank order, when up to names (_canon_whole)
 
 
 class _GBoundary(_Boundary):
     """A boundary of several convoys: also each window's (first, last, region base,
     walk path), for templates (`_gkeep`), and the vCPUs in rank order (`_gcanon`)."""
 
-    __slots__ = ("order", "wins")
+    __slots__ = ("wins",)
 
 
 class _RecordingSet(set):
@@ -202,6 +204,8 @@ class Convoy:
         self._tlog: list = []      # table pages written (or refcounted), in order
         self._tregion = -1         # the region of the last THP region-period candidate
         self._noroom = None        # a convoy a template had no room for (_try_groups)
+        self._noroom1 = None       # the same for one convoy: (segment, stride, region end)
+        self._named_last = False   # the last jump was up to the vCPUs' names
         self._trecur = False       # a THP region period was jumped in this stage
         self._names = list(range(len(self.vcpus)))  # vCPU c stands for _names[c] (_rename)
         self._done = 0
@@ -405,6 +409,12 @@ class Convoy:
             groups = self._groups(si, stride)
             if groups is not None:
                 return self._try_groups(v, si, stride, groups, t)
+        nr = self._noroom1
+        if nr is not None:
+            if nr[0] == si and nr[1] == stride and k < nr[2]:
+                self.stats["noroom_skips"] += 1
+                return 0  # (a renamed jump used the room up to the region's end)
+            self._noroom1 = None
         fp, win = self._fingerprint(si, k, x, t, stride)
         counters = self._counters()
         b = _Boundary(t, k, si, x, fp, counters, len(self.log), stride)
@@ -416,7 +426,31 @@ class Convoy:
                 r = self._try_region(v, b, win)
                 if r is not None:
                     return r
-            tpl = self.templates.get(fp[1:])  # (any segment: positions are relative)
+            cf = None
+            if GROUP_ROLES and self._anon4k:
+                # the period up to names (the leader rotates: one page, not one per vCPU)
+                n = len(self.vcpus)
+                regs = [(win["rbase"], win["rbase"] + win["rsize"],
+                         x >> self.geo.shifts[3])]
+                cf, order = self._canon_whole(
+                    fp[:7] + ((win["fp"],),) + fp[8:],
+                    [c for c in range(n) if fp[2][c][0] != "done"], regs)
+                if cf is not None:
+                    cprev = self.cindex.get(cf)
+                    self.cindex[cf] = len(self.bounds) - 1
+                    b.order = order
+                    b0 = self.bounds[cprev] if cprev is not None else None
+                    if b0 is not None and b0.si == si and b0.stride == stride:
+                        role = list(range(n))
+                        for c0, c1 in zip(b0.order, order):
+                            role[c0] = c1
+                        try:
+                            return self._jump(v, b0, b, win, role=role)
+                        except _NoJump as e:  # (refused before anything moved)
+                            self.why["renamed: " + str(e)] += 1
+            # (any segment: positions are relative)
+            tpl = None if cf is not None and self._named_soon() else \
+                self.templates.get(fp[1:])
             if tpl is not None:
                 try:
                     return self._try_template(v, tpl, b, win)
@@ -1740,7 +1774,9 @@ class Convoy:
         return c
 
     # --- the jump ------------------------------------------------------------------------
-    def _jump(self, leader, b0: _Boundary, b: _Boundary, win: dict) -> int:
+    def _jump(self, leader, b0: _Boundary, b: _Boundary, win: dict,
+              role: list | None = None) -> int:
+        """Jump m periods b0 -> b (`role`: up to the vCPUs' names, as `_gjump`)."""
         dk = b.k - b0.k
         period = b.t - b0.t
         if dk <= 0 or period <= 0:
@@ -1756,9 +1792,12 @@ class Convoy:
             raise _NoJump("host THP state or MMU notifier changed")
         log = self.log[b0.log_at:b.log_at]
         # how many periods fit: the window must stay in the region and the segment
-        room = min(win["rbase"] + win["rsize"], win["seg_end"]) - 1 - win["last"]
-        m = room // dp
-        m = self._evictions_ok(c0, c1, win, dp, m)
+        rend = min(win["rbase"] + win["rsize"], win["seg_end"])
+        m = mroom = (rend - 1 - win["last"]) // dp
+        if role is None:
+            m = self._evictions_ok(c0, c1, win, dp, m)
+        elif any(e1[3] != e0[3] for e0, e1 in zip(c0["tlb"], c1["tlb"])):
+            raise _NoJump("renamed: TLB evictions")
         if m < 1:
             raise _NoJump("no room in the region or segment")
         m = self._ahead_ok(win, dp, m, b.t)
@@ -1769,8 +1808,19 @@ class Convoy:
             if (m * dp) % (1 << sh) or max(i for _, i in self.metrics._open) + \
                     ((m * dp) >> sh) >= self.geo.entries_per_table:
                 raise _NoJump("open invalid windows would leave the table page")
-        plan = self._plan(log, win, dp, m)
+        plan = self._plan(log, win, dp, m, tlbs=role is None)
+        if role is not None:
+            plan["shift"] = self._shift_plan(
+                [(win["rbase"], win["rbase"] + win["rsize"], 0)], [m * dp])
         self._apply(b0, b, win, plan, m, dp, period)
+        self._named_last = role is not None
+        if role is not None:
+            self._rename(role, m, c0, c1)
+            self.stats["jumps_renamed"] += 1
+            if m == mroom:
+                # no room left before the region's end: nothing jumps before the convoy
+                # is in the next one
+                self._noroom1 = (b.si, stride, b.k + -(-(rend - b.x) // stride))
         self.stats["jumps"] += 1
         self.stats["periods"] += m
         self.stats["ns"] += m * period
@@ -1811,7 +1861,7 @@ class Convoy:
                 raise _NoJump("TLB eviction would reach the window")
         return m
 
-    def _plan(self, log: list, win: dict, dp: int, m: int) -> dict:
+    def _plan(self, log: list, win: dict, dp: int, m: int, tlbs: bool = True) -> dict:
         """Check that every recorded effect can be replayed shifted; group them."""
         geo = self.geo
         page = win["page"]
@@ -1832,7 +1882,8 @@ class Convoy:
                     raise _NoJump("line 530")
                 ref += e[2]
             elif kind in ("f", "fw", "i", "h"):
-                tlbops.setdefault(e[1], []).append(e)
+                if tlbs:  # (else a renamed period: the TLBs are set, not replayed)
+                    tlbops.setdefault(e[1], []).append(e)
             elif kind == "t":
                 touches.append(e)
             elif kind == "d":
@@ -2101,7 +2152,7 @@ class Convoy:
                 v.skip += m * (b.k - b0.k)
                 if v.last_fault_ipa >= win["first"]:
                     v.last_fault_ipa += A
-        self._scale_counters(c0, c1, m, dseq)
+        self._scale_counters(c0, c1, m, dseq, own=plan is None or "shift" not in plan)
         # open invalid windows move with the convoy (`_open_windows`)
         op = self.metrics._open
         if op:
@@ -2123,7 +2174,10 @@ class Convoy:
         self._tlog.append(win["page"].pa)
         self._replay_writes(win, plan, m, dp)
         win["page"].refcount += m * plan["ref"]
-        self._replay_tlbs(plan, m, dp)
+        if "shift" in plan:
+            self._shift_tlbs(plan["shift"])
+        else:
+            self._replay_tlbs(plan, m, dp)
         ready = self.host.ready
         for _, pa, size, r in plan["touches"]:
             for i in range(1, m + 1):
@@ -2369,9 +2423,9 @@ class Convoy:
         if nr is not None and nr[0] == (si, stride, len(groups)):
             lo, hi, _ = groups[nr[1]]
             if nr[2] <= lo and hi < nr[3]:
-                # the template that had no room for this convoy before its region's end
-                # has less now: skip the fingerprint (the exact path goes on; this only
-                # saves time) until the convoy reaches the next region
+                # the template, or the jump, that had no more room for this convoy before
+                # its region's end has less now: skip the fingerprint (the exact path goes
+                # on; this only saves time) until the convoy reaches the next region
                 self.stats["noroom_skips"] += 1
                 return 0
             self._noroom = None
@@ -2379,7 +2433,6 @@ class Convoy:
         b = _GBoundary(t, tuple(w["k"] for w in wins), si, tuple(w["x"] for w in wins), fp,
                        self._counters(), len(self.log), stride)
         b.wins = [(w["first"], w["last"], w["rbase"], w["path"]) for w in wins]
-        b.order = None
         prev = self.index.get(fp)
         self.bounds.append(b)
         self.index[fp] = len(self.bounds) - 1
@@ -2398,9 +2451,8 @@ class Convoy:
                     except _NoJump as e:  # (refused before anything moved)
                         self.why["convoys renamed: " + str(e)] += 1
         if prev is None:
-            # (a fingerprint up to names finds its period within one short period: the
-            # templates, of whole periods of the names, are for when it cannot be had)
-            tpl = self.gtemplates.get(fp[1:]) if b.order is None else None
+            tpl = None if b.order is not None and self._named_soon() else \
+                self.gtemplates.get(fp[1:])
             if tpl is not None:
                 try:
                     return self._gtemplate(tpl, b, wins, gof)
@@ -2658,8 +2710,16 @@ class Convoy:
         return fp, wins, gof
 
     def _gcanon(self, fp: tuple, wins: list, gof: dict):
-        """A convoys' fingerprint up to the vCPUs' names, and the vCPUs in rank order (or
-        None, None).
+        """`_canon_whole` of a convoys' fingerprint (the vCPUs in a convoy are live)."""
+        regs = self._regions(wins)
+        if regs is None:
+            return None, None
+        return self._canon_whole(fp[1:], [c for c in range(len(self.vcpus)) if c in gof],
+                                 regs)
+
+    def _canon_whole(self, parts: tuple, live: list, regs: list):
+        """A fingerprint (its parts after the tag) up to the names of the `live` vCPUs, and
+        those in rank order (or None, None); `regs`: each convoy's region (`_regions`).
 
         Each convoy's leader rotates (anonymous 4K CREATE: the writers take turns to
         COW a page, the readers to map the zero page), so the whole system only
@@ -2668,14 +2728,12 @@ class Convoy:
         fault, its TLB whole: `_tlb_sig`) decides its rank; finished vCPUs keep their
         names; the heap, the lock and pending TLBIs name vCPUs by rank. The TLB is taken
         whole, not only the window's entries, because a renamed period sets it directly
-        (`_shift_tlbs`) instead of replaying it. `_canon` is the one-convoy version."""
-        _, si, stride, agents, last, heap, lk, pend, wfps, nc, opened = fp
+        (`_shift_tlbs`) instead of replaying it. (`_canon` is the THP region periods'
+        version: they set the TLBs from snapshots.)"""
+        si, stride, agents, last, heap, lk, pend, wfps, nc, opened = parts
         n = len(self.vcpus)
         tlbs = self.machine.tlbs
-        if len(tlbs) < n:
-            return None, None
-        regs = self._regions(wins)
-        if regs is None:
+        if len(tlbs) < n or any(len(t._order) > TLB_SIG_MAX for t in tlbs):
             return None, None
         tsig = []
         for tlb in tlbs:
@@ -2692,7 +2750,6 @@ class Convoy:
         where.update((c, ("waits", i)) for i, (c, _) in enumerate(waiters))
         sig = [(agents[c], last[c], tuple(wf[3][c] for wf in wfps), tsig[c], where.get(c))
                for c in range(n)]
-        live = [c for c in range(n) if c in gof]
         if len(set(sig[c] for c in live)) != len(live):
             return None, None
         # (any order that is a function of the states: equal fingerprints then pair
@@ -2715,6 +2772,13 @@ class Convoy:
                  frozenset((rk(c), tuple(ops)) for c, ops in byc.items()),
                  tuple((wf[0], wf[1], wf[2], wf[4]) for wf in wfps), nc, opened)
         return canon, order
+
+    def _named_soon(self) -> bool:
+        """Skip the templates, periods of whole rotations of the names, for a period up
+        to names, found within one short period? When the last jump was one and it is
+        early since (a template's jump would stop up to a long period before the
+        region's end, the renamed one a page before it)."""
+        return self._named_last and len(self.bounds) <= NAMED_WAIT
 
     def _regions(self, wins: list):
         """Each convoy's region (base, end, front page number), or None when two share
@@ -2841,10 +2905,9 @@ class Convoy:
                 c0["seq"][1] != c1["seq"][1]:
             raise _NoJump("convoys: MMU notifier count changed")
         log = self.log[b0.log_at:b.log_at]
-        m = 1 << 62
-        for w, dp in zip(wins, dps):
-            room = min(w["rbase"] + w["rsize"], w["seg_end"]) - 1 - w["last"]
-            m = min(m, room // dp)
+        rooms = [(min(w["rbase"] + w["rsize"], w["seg_end"]) - 1 - w["last"]) // dp
+                 for w, dp in zip(wins, dps)]
+        m = min(rooms)
         # a group must not reach the pages the groups ahead of it read or change (their
         # windows only move forward): it then reads only what _ahead_ok checked
         for w, c, dp in zip(wins, wins[1:], dps):
@@ -2871,11 +2934,20 @@ class Convoy:
         if role is not None:
             plan["shift"] = self._shift_plan(self._regions(wins), [m * dp for dp in dps])
         self._gapply(b0, b, wins, gof, plan, m, dps, period)
+        self._named_last = role is not None
         if role is not None:
             self._rename(role, m, c0, c1)
             self.stats["group_jumps_renamed"] += 1
         self.stats["jumps"] += 1
         self.stats["group_jumps"] += 1
+        if role is not None and m == min(rooms):
+            # a convoy's room ran out (for a period of one page of it): nothing jumps
+            # before it reaches its next region
+            gi = rooms.index(m)
+            w = wins[gi]
+            seg0 = self.vcpus[0].segments[b.si][0]
+            self._noroom = ((b.si, stride, len(wins)), gi, -(-(w["rbase"] - seg0) // stride),
+                            -(-(min(w["rbase"] + w["rsize"], w["seg_end"]) - seg0) // stride))
         self.stats["periods"] += m
         self.stats["ns"] += m * period
         self.stats["faults"] += m * (sum(n for _, n in c1["mc2"][0])
