@@ -105,7 +105,16 @@ def main() -> int:
     out = []
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep
                + os.environ.get("PYTHONPATH", ""))
+    sys.path.insert(0, str(ROOT / "src"))
+    from s2sim.errors import ConfigError
+    from s2sim.workloads.pagetable_test import TestConfig
     for spec in specs:
+        try:  # (e.g. --size 64M for a 1 GiB hugetlb run: said in one line, not run)
+            TestConfig.make("4", spec["size"], spec["vcpus"], spec["backing"],
+                            variant=spec["variant"])
+        except ConfigError as e:
+            print(f"{spec['id']:28} {spec['vcpus']:>5} skipped: {e}", flush=True)
+            continue
         p = subprocess.run([sys.executable, __file__, "--one", json.dumps(spec)],
                            capture_output=True, text=True, env=env, check=False)
         if p.returncode:
