@@ -2750,11 +2750,14 @@ class Convoy:
         where.update((c, ("waits", i)) for i, (c, _) in enumerate(waiters))
         sig = [(agents[c], last[c], tuple(wf[3][c] for wf in wfps), tsig[c], where.get(c))
                for c in range(n)]
-        if len(set(sig[c] for c in live)) != len(live):
-            return None, None
         # (any order that is a function of the states: equal fingerprints then pair
-        # vCPUs in equal states, whatever the order; hashes are cheap to sort)
-        order = sorted(live, key=lambda c: hash(sig[c]))
+        # vCPUs in equal states, whatever the order; hashes are cheap to sort, and
+        # distinct hashes prove distinct states without comparing them)
+        hs = {c: hash(sig[c]) for c in live}
+        if len(set(hs.values())) != len(live) and \
+                len(set(sig[c] for c in live)) != len(live):
+            return None, None
+        order = sorted(live, key=hs.__getitem__)
         rank = {c: r for r, c in enumerate(order)}
 
         def rk(c):
