@@ -441,11 +441,8 @@ class Convoy:
                     b.order = order
                     b0 = self.bounds[cprev] if cprev is not None else None
                     if b0 is not None and b0.si == si and b0.stride == stride:
-                        role = list(range(n))
-                        for c0, c1 in zip(b0.order, order):
-                            role[c0] = c1
                         try:
-                            return self._jump(v, b0, b, win, role=role)
+                            return self._jump(v, b0, b, win, role=_role(n, b0.order, order))
                         except _NoJump as e:  # (refused before anything moved)
                             self.why["renamed: " + str(e)] += 1
             # (any segment: positions are relative)
@@ -1220,10 +1217,7 @@ class Convoy:
         dx, period = b.x - b0.x, b.t - b0.t
         # roles: the vCPU order[k] at b is in the state order0[k] was in at b0
         ident = list(range(len(self.vcpus)))
-        role = list(ident)
-        if order is not None and s0["order"] != order:
-            for k, c in enumerate(s0["order"]):
-                role[c] = order[k]
+        role = list(ident) if order is None else _role(len(ident), s0["order"], order)
         s0tlbs = list(s0["tlbs"])
         for c in ident:
             s0tlbs[role[c]] = s0["tlbs"][c]
@@ -2443,11 +2437,9 @@ class Convoy:
                 self.cindex[cf] = len(self.bounds) - 1
                 b0 = self.bounds[cprev] if cprev is not None else None
                 if b0 is not None and b0.si == si and b0.stride == stride:
-                    role = list(range(len(self.vcpus)))
-                    for c0, c1 in zip(b0.order, b.order):
-                        role[c0] = c1
                     try:
-                        return self._gjump(b0, b, wins, gof, role=role)
+                        return self._gjump(b0, b, wins, gof,
+                                           role=_role(len(self.vcpus), b0.order, b.order))
                     except _NoJump as e:  # (refused before anything moved)
                         self.why["convoys renamed: " + str(e)] += 1
         if prev is None:
@@ -2755,13 +2747,13 @@ class Convoy:
         # distinct hashes prove distinct states without comparing them)
         hs = {c: hash(sig[c]) for c in live}
         if len(set(hs.values())) != len(live) and \
-                len(set(sig[c] for c in live)) != len(live):
+                len({sig[c] for c in live}) != len(live):
             return None, None
         order = sorted(live, key=hs.__getitem__)
         rank = {c: r for r, c in enumerate(order)}
 
         def rk(c):
-            return rank[c] if c in rank else ("fixed", c)
+            return rank.get(c, ("fixed", c))
 
         byc: dict = {}
         for e in pend:
@@ -3410,6 +3402,15 @@ def _mmu_seq(gen):
 
 
 _first, _second = itemgetter(0), itemgetter(1)
+
+
+def _role(n: int, order0: list, order1: list) -> list:
+    """role[c]: the vCPU that holds at the second boundary the rank vCPU c held at the
+    first (vCPUs not ranked keep their own)."""
+    role = list(range(n))
+    for c0, c1 in zip(order0, order1):
+        role[c0] = c1
+    return role
 
 
 def _heapkey(e):
