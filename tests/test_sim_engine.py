@@ -14,7 +14,7 @@ from s2sim.sim.engine import Acquire, Agent, Engine, Lock, Release, SimError
 
 
 def _engine(tie: str = "fifo", seed: int = 0) -> Engine:
-    return Engine(SimpleNamespace(now=0), tie, seed)
+    return Engine(SimpleNamespace(now=0, tlbs=()), tie, seed)
 
 
 def test_fifo_tie_break_is_insertion_order():

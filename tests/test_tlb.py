@@ -432,3 +432,57 @@ def test_conflict_lookup_raw() -> None:
 def test_vttbr_is_plain_record() -> None:
     v = Vttbr(5, 0x1000)
     assert (v.vmid, v.baddr) == (5, 0x1000)
+
+
+PAGE = 4096
+
+
+def _state(t: TLB) -> tuple:
+    t.settle()
+    return (tuple(sorted((lvl, tuple(d.items())) for lvl, d in t.leaf.items())),
+            tuple(t._order), t.evictions, t.hits, t.misses)
+
+
+@pytest.mark.parametrize("policy", ["fifo", "lru"])
+@pytest.mark.parametrize("seed", range(6))
+def test_fill_runs_equal_fills_one_by_one(policy, seed) -> None:
+    """`fill_run` (lazy, with compaction past the capacity) against the same fills made
+    one at a time, interleaved with lookups (hits refresh LRU order), single fills at
+    every level, refills and TLBIs: same entries, order, evictions, hits and misses."""
+    import random
+    rng = random.Random(seed)
+    cap = rng.choice([5, 16, 40])
+    lazy, ref = make_tlb(cap, policy), make_tlb(cap, policy)
+    nxt = 0  # pages are read forward: a run's keys are new
+    for _ in range(300):
+        r = rng.random()
+        if r < 0.35:
+            n = rng.randint(1, 2 * cap)
+            ipa0 = nxt * PAGE
+            keys = range((nxt << 16) | 1, ((nxt + n) << 16) | 1, 1 << 16)
+            descs = [0x8000_0000 + i * PAGE | 0x7C3 for i in range(nxt, nxt + n)]
+            if all(lazy.lookup(1, ipa0 + i * PAGE) is None for i in range(n)):
+                for i in range(n):
+                    ref.lookup(1, ipa0 + i * PAGE)
+                lazy.fill_run(keys, descs)
+                for i in range(n):
+                    ref.fill(1, ipa0 + i * PAGE, 3, descs[i])
+            nxt += n
+        elif r < 0.6:
+            ipa = rng.randrange(0, max(nxt, 1)) * PAGE
+            assert lazy.lookup(1, ipa) == ref.lookup(1, ipa)
+        elif r < 0.8:
+            lvl = rng.choice([1, 2, 3, 3, 3])
+            ipa = rng.randrange(0, max(nxt, 1)) * PAGE if rng.random() < 0.5 else nxt * PAGE
+            if lvl < 3:
+                ipa = 0x80_0000_0000 + (ipa & ~((1 << SHIFTS[lvl]) - 1))  # (no conflicts)
+            for t in (lazy, ref):
+                t.fill(1, ipa, lvl, 0xA003 + ipa)
+            if lvl == 3 and ipa == nxt * PAGE:
+                nxt += 1
+        elif r < 0.9:
+            ipa = rng.randrange(0, max(nxt, 1)) * PAGE
+            assert lazy.invalidate(IPAS2E1IS, 1, ipa) == ref.invalidate(IPAS2E1IS, 1, ipa)
+        else:
+            assert len(lazy) == len(ref)
+    assert _state(lazy) == _state(ref)

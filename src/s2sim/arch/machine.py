@@ -86,7 +86,7 @@ class Machine:
                 if tlb.batch is not None:  # a vCPU read batch in flight: settle it first
                     tlb.batch.on_tlbi(op, vmid, ipa, size, ttl)
                 # a TLB with nothing the operation could drop is left alone (same state)
-                if any(tlb._leafdicts) or (walk and any(tlb._walkdicts)):
+                if tlb._pend or any(tlb._leafdicts) or (walk and any(tlb._walkdicts)):
                     tlb.invalidate(op, vmid, ipa, size, ttl)
         self.counts["dsb"] += 1
         if self.bus.on:

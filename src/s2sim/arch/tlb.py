@@ -5,6 +5,13 @@ so a lookup is one dict probe per leaf level. A lookup that matches entries
 at two levels (e.g. a stale 4 KiB page and a new 1 GiB block) is a TLB
 conflict: it is returned as such, never resolved silently.
 
+Fill runs (`fill_run`, the vCPU read batches of sim/batch.py) are kept aside
+and applied when the TLB is next looked at in a way they could change
+(`settle`): a run of n new consecutive page entries evicts the n oldest, so
+once runs of `capacity` fills are pending, everything cached before them and
+all but their last `capacity` fills are gone unseen (counted as evictions,
+never built). Same entries, order and counts as the fills one by one.
+
 Simplifications (docs/model.md): capacity is counted across all leaf levels
 with FIFO or LRU replacement (real TLBs are set-associative, often
 pseudo-LRU); a TLB fills only on walks the model performs (no speculative
@@ -14,6 +21,7 @@ fills); invalidations take effect on every CPU at the issuing CPU's DSB.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import islice, repeat
 
 VMID_BITS = 16
 VMID_MASK = (1 << VMID_BITS) - 1
@@ -60,6 +68,9 @@ class TLB:
         self._order: dict[tuple[int, int], None] = {}
         self._worder: dict[tuple[int, int], None] = {}
         self.hits = self.misses = self.conflicts = self.evictions = 0
+        # fill runs not applied yet, oldest first: (level-3 keys as a range, descs)
+        self._pend: list = []
+        self._npend = 0
         self._lru = policy == "lru" and capacity is not None
         self.batch = None  # this CPU's vCPU read batch in flight (sim/batch.py), or None
 
@@ -71,10 +82,16 @@ class TLB:
             if dct:
                 desc = dct.get(((ipa >> shift) << 16) | vmid)
                 if desc is not None:
+                    if self._pend:
+                        self.settle()  # (a pending run may have evicted it)
+                        return self.lookup(vmid, ipa)
                     if found is not None:
                         return self._conflict(vmid, ipa)
                     found = (lvl, desc)
         if found is None:
+            if self._pend and self._pending(((ipa >> self.shifts[3]) << 16) | vmid):
+                self.settle()
+                return self.lookup(vmid, ipa)
             self.misses += 1
             return None
         self.hits += 1
@@ -105,6 +122,11 @@ class TLB:
     # --- fills ---------------------------------------------------------------
     def fill(self, vmid: int, ipa: int, level: int, desc: int) -> None:
         key = ((ipa >> self.shifts[level]) << 16) | vmid
+        if self._pend:
+            if level == 3 and key not in self.leaf[3] and not self._pending(key):
+                self.fill_run(range(key, key + 1), (desc,))  # (behind the runs, in order)
+                return
+            self.settle()
         self.leaf[level][key] = desc
         if self.capacity is None:
             return
@@ -116,6 +138,57 @@ class TLB:
             del o[(lvl, k)]
             del self.leaf[lvl][k]
             self.evictions += 1
+
+    def fill_run(self, keys: range, descs) -> None:
+        """Fills of the level-3 `keys` (consecutive, step 1 << 16), with `descs`, in order.
+
+        None of the keys may be cached or pending (the read batch checked). Applied
+        lazily: `settle`."""
+        if self.capacity is None:
+            self.leaf[3].update(zip(keys, descs))
+            return
+        self._pend.append((keys, descs))
+        self._npend += len(keys)
+        cap = self.capacity
+        if self._npend >= cap:
+            # everything cached before the runs is evicted by them, and so are their
+            # own fills but the last `cap`: drop them now, never built
+            self.evictions += len(self._order) + self._npend - cap
+            for dct in self._leafdicts:
+                dct.clear()
+            self._order.clear()
+            runs = self._pend
+            drop = self._npend - cap
+            i = 0
+            while drop >= len(runs[i][0]):
+                drop -= len(runs[i][0])
+                i += 1
+            k, ds = runs[i]
+            self._pend = [(k[drop:], ds[drop:])] + runs[i + 1:]
+            self._npend = cap
+
+    def _pending(self, key: int) -> bool:
+        return any(key in keys for keys, _ in self._pend)
+
+    def settle(self) -> None:
+        """Apply the pending fill runs, as their fills one by one would have."""
+        runs = self._pend
+        if not runs:
+            return
+        n = self._npend
+        self._pend, self._npend = [], 0
+        order = self._order
+        out = len(order) + n - self.capacity  # (n <= capacity: `fill_run` compacts)
+        if out > 0:
+            leaf = self.leaf
+            for lk in list(islice(order, out)):
+                del order[lk]
+                del leaf[lk[0]][lk[1]]
+            self.evictions += out
+        dct = self.leaf[3]
+        for keys, descs in runs:
+            dct.update(zip(keys, descs))
+            order.update(dict.fromkeys(zip(repeat(3), keys)))
 
     def fill_walk(self, vmid: int, ipa: int, level: int, table_pa: int, gen: int) -> None:
         """Cache the table entry at `level` that points to `table_pa` (generation `gen`)."""
@@ -134,6 +207,8 @@ class TLB:
     # --- invalidation --------------------------------------------------------
     def invalidate(self, op: str, vmid: int, ipa: int = 0, size: int = 0, ttl: int = -1) -> int:
         """Apply one completed TLBI to this TLB; returns entries removed."""
+        if self._pend:
+            self.settle()
         if op == VMALLS12E1IS:
             return self._drop_all(vmid)
         if op == VMALLE1IS:
@@ -209,6 +284,7 @@ class TLB:
     # --- inspection ----------------------------------------------------------
     def leaf_entries(self, vmid: int | None = None):
         """Yield (level, vmid, base ipa, desc) of every cached leaf entry."""
+        self.settle()
         for lvl, dct in self.leaf.items():
             for k, desc in dct.items():
                 if vmid is None or (k & VMID_MASK) == vmid:
@@ -222,4 +298,5 @@ class TLB:
                     yield lvl, k & VMID_MASK, (k >> 16) << self.shifts[lvl], pa, gen
 
     def __len__(self) -> int:
+        self.settle()
         return sum(len(d) for d in self.leaf.values())

@@ -46,8 +46,6 @@ the convoy fast-forward takes no boundary while a batch is in flight.
 
 from __future__ import annotations
 
-from itertools import islice, repeat
-
 import numpy as np
 
 from s2sim.arch import descriptors as d
@@ -175,11 +173,14 @@ class ReadBatch:
             # the dict key by key in C, without building a set; the first hit, rare,
             # is then looked for
             dct = tlb.leaf[3]
-            if dct:
-                k0 = ((nxt >> geo.shifts[3]) << 16) | vmid
-                keys = range(k0, k0 + (m << 16), 1 << 16)
-                if not dct.keys().isdisjoint(keys):
-                    m = next(j for j, k in enumerate(keys) if k in dct)
+            k0 = ((nxt >> geo.shifts[3]) << 16) | vmid
+            keys = range(k0, k0 + (m << 16), 1 << 16)
+            if tlb._pend and (any(k.start < keys.stop and keys.start < k.stop
+                                  for k, _ in tlb._pend)
+                              or dct and not dct.keys().isdisjoint(keys)):
+                tlb.settle()  # (pending fills of these keys, or ones they evict: rare)
+            if dct and not dct.keys().isdisjoint(keys):
+                m = next(j for j, k in enumerate(keys) if k in dct)
         if m < MIN_BATCH:
             return None
         rsize = 1 << geo.shifts[2]
@@ -233,32 +234,12 @@ class ReadBatch:
         machine = v.machine
         tlb = self.tlb
         n = upto - j0
-        dct = tlb.leaf[3]
         vmid = v.vttbr.vmid
         base = self.ipa0 >> machine.geo.shifts[3]  # stride is the page size
-        keys = range(((base + j0) << 16) | vmid, ((base + upto) << 16) | vmid, 1 << 16)
-        descs = self.page.entries[self.idx0 + j0:self.idx0 + upto]
-        cap = tlb.capacity
-        if cap is None:
-            dct.update(zip(keys, descs))
-        else:
-            # n fills of keys not in the TLB (checked when planned; only this CPU fills
-            # it): the oldest entries go first, then, if n exceeds the room, the first
-            # of the new ones, exactly as n single fills would evict them
-            order = tlb._order
-            out = len(order) + n - cap
-            if out > 0:
-                old = min(out, len(order))
-                leaf = tlb.leaf
-                for lk in list(islice(order, old)):
-                    del order[lk]
-                    del leaf[lk[0]][lk[1]]
-                tlb.evictions += out
-                if out > old:
-                    keys = keys[out - old:]
-                    descs = descs[out - old:]
-            dct.update(zip(keys, descs))
-            order.update(dict.fromkeys(zip(repeat(3), keys)))
+        # n fills of keys not in the TLB (checked when planned; only this CPU fills it),
+        # in order: one fill run, applied when the TLB is next looked at (`TLB.settle`)
+        tlb.fill_run(range(((base + j0) << 16) | vmid, ((base + upto) << 16) | vmid, 1 << 16),
+                     self.page.entries[self.idx0 + j0:self.idx0 + upto])
         tlb.misses += n
         machine.counts["walks"] += n
         machine.last_walk_levels = 1
@@ -389,6 +370,7 @@ class ReadBatch:
             self.cut_now()
             return
         tlb = self.tlb
+        tlb.settle()
         if tlb.capacity is None or not any(tlb._leafdicts):
             return  # nothing evicts: dropping other entries changes nothing here
         if hi - lo == 1:

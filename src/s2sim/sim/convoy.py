@@ -397,6 +397,14 @@ class Convoy:
             self._reset()
             return 0
 
+    def _settle_tlbs(self) -> None:
+        """Apply the read batches' pending fill runs (`TLB.settle`): fingerprints and
+        jumps read the TLBs as they are. Not before the cheap refusals: in a reading
+        stage a boundary at every region would undo their laziness."""
+        for tlb in self.machine.tlbs:
+            if tlb._pend:
+                tlb.settle()
+
     def _try(self, v, si: int, k: int, x: int) -> int:
         stride = v.segments[si][1]
         if stride <= 0:
@@ -409,6 +417,7 @@ class Convoy:
             groups = self._groups(si, stride)
             if groups is not None:
                 return self._try_groups(v, si, stride, groups, t)
+        self._settle_tlbs()
         nr = self._noroom1
         if nr is not None:
             if nr[0] == si and nr[1] == stride and k < nr[2]:
@@ -1638,8 +1647,11 @@ class Convoy:
             return ("l", desc - pa)
         raise _NoJump("line 378")
 
-    def _window(self, x: int, lo: int, hi: int, stride: int, t: int) -> dict:
-        """Data the agents can read next, pages x+lo*stride .. x+hi*stride, normalised."""
+    def _window_range(self, x: int, lo: int, hi: int, stride: int) -> tuple:
+        """Where `_window` looks, or _NoJump if the window leaves the slot or the range
+        of the table page (or block) translating x: (first, last, path, level, page,
+        rbase, rsize). Cheap: `_try_groups` checks every convoy's window with it before
+        fingerprinting (at a region's start the window reaches back into the last)."""
         geo = self.geo
         slot = self.slot
         first, lastp = x + lo * stride, x + hi * stride
@@ -1656,6 +1668,14 @@ class Convoy:
         rbase = x & ~(rsize - 1)
         if first < rbase or lastp >= rbase + rsize:
             raise _NoJump("line 397")
+        return first, lastp, path, level, page, rbase, rsize
+
+    def _window(self, x: int, lo: int, hi: int, stride: int, t: int) -> dict:
+        """Data the agents can read next, pages x+lo*stride .. x+hi*stride, normalised."""
+        geo = self.geo
+        slot = self.slot
+        first, lastp, path, level, page, rbase, rsize = self._window_range(x, lo, hi, stride)
+        shift = geo.shifts[level]
         epp = geo.entries_per_table
         ents = page.entries
         # table entries of the window (shared entries once)
@@ -2423,6 +2443,10 @@ class Convoy:
                 self.stats["noroom_skips"] += 1
                 return 0
             self._noroom = None
+        seg0 = v.segments[si][0]
+        for lo, hi, _ in groups:  # (the windows `_gfingerprint` takes, checked first)
+            self._window_range(seg0 + hi * stride, lo - hi - MARGIN, MARGIN, stride)
+        self._settle_tlbs()
         fp, wins, gof = self._gfingerprint(si, stride, groups, t)
         b = _GBoundary(t, tuple(w["k"] for w in wins), si, tuple(w["x"] for w in wins), fp,
                        self._counters(), len(self.log), stride)

@@ -148,6 +148,8 @@ class Engine:
                 for b in self.active:
                     b.note(agent, t)
             self._step(agent, value)
+        for tlb in machine.tlbs:
+            tlb.settle()  # (read batches' fill runs: what is left is seen as it is)
         return self.now
 
     def _step(self, agent: Agent, value: object) -> None:
