@@ -175,11 +175,13 @@ class ReadBatch:
             dct = tlb.leaf[3]
             k0 = ((nxt >> geo.shifts[3]) << 16) | vmid
             keys = range(k0, k0 + (m << 16), 1 << 16)
-            if tlb._pend and (any(k.start < keys.stop and keys.start < k.stop
-                                  for k, _ in tlb._pend)
-                              or dct and not dct.keys().isdisjoint(keys)):
-                tlb.settle()  # (pending fills of these keys, or ones they evict: rare)
-            if dct and not dct.keys().isdisjoint(keys):
+            hit = bool(dct) and not dct.keys().isdisjoint(keys)
+            if tlb._pend and (hit or any(k.start < keys.stop and keys.start < k.stop
+                                         for k, _ in tlb._pend)):
+                # pending fills of these keys, or a cached one they may evict: rare
+                tlb.settle()
+                hit = bool(dct) and not dct.keys().isdisjoint(keys)
+            if hit:
                 m = next(j for j, k in enumerate(keys) if k in dct)
         if m < MIN_BATCH:
             return None
