@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from s2sim.arch.geometry import fmt_size
 from s2sim.cli import main
 from s2sim.errors import ConfigError
 from s2sim.report.reproduce import HOST_WORDS
@@ -84,7 +85,15 @@ def test_reproduce_json_and_mechanism_lines_agree_with_counts(capsys, tmp_path):
             for k, v in s["outcomes"].items():
                 assert f"{k} {v}" in m
             if c["cmo_ops"]:
-                assert re.search(rf"\b{c['cmo_ops']} CMOs of ", m)
+                sizes = {int(k): v for k, v in c["cmo_by_size"].items()}
+                assert sum(sizes.values()) == c["cmo_ops"]
+                assert sum(k * v for k, v in sizes.items()) == c["cmo_bytes"]
+                if len(sizes) == 1:
+                    assert re.search(rf"\b{c['cmo_ops']} CMOs of {fmt_size(*sizes)} = ", m)
+                else:
+                    assert re.search(rf"\b{c['cmo_ops']} CMOs \(", m)
+                    for k, v in sizes.items():
+                        assert f"{v} of {fmt_size(k)}" in m
             else:
                 assert "CMOs" not in m
             if c["lock_contended"]:
@@ -98,6 +107,22 @@ def test_reproduce_json_and_mechanism_lines_agree_with_counts(capsys, tmp_path):
                 assert f"{c['mmu_notifier_retries']} faults retried" in m
             # each mechanism line is printed too
             assert f"{r['id']} {s['name']}: {m}" in out
+
+
+def test_mechanism_line_splits_cmos_by_size():
+    # THP v5.11 CREATE cleans 2 MiB blocks (huge zero page, every reader) and 4 KiB
+    # pages (COW'd): the line gives each size's count and the 2 MiB CMOs per region.
+    from s2sim.report.reproduce import mechanism
+    from s2sim.sim.run import run_pagetable_test
+    from s2sim.workloads.pagetable_test import TestConfig
+    res = run_pagetable_test(TestConfig.make("4", "8M", 4, "anonymous_thp", variant="v5.11"))
+    st = res["stages"][0]
+    sizes = {int(k): v for k, v in st["cmo_by_size"].items()}
+    assert set(sizes) == {2 << 20, 4 << 10}
+    assert sum(sizes.values()) == st["cmo_ops"]
+    m = mechanism(st, res["config"])
+    assert f"{st['cmo_ops']} CMOs ({sizes[2 << 20]} of 2M, {sizes[4 << 10]} of 4K) = " in m
+    assert f"{sizes[2 << 20] / 4:.2f} CMOs of 2M per 2M page" in m
 
 
 def test_reproduce_rfc_line_counts_spurious_faults_avoided(capsys, tmp_path):

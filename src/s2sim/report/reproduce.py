@@ -20,12 +20,20 @@ def mechanism(stage: dict, cfg: dict, other: dict | None = None) -> str:
     parts.append(f"{stage['faults']} faults (" + ", ".join(f"{k} {v}" for k, v in outs.items())
                  + ")")
     if stage["cmo_ops"]:
-        each, odd = divmod(stage["cmo_bytes"], stage["cmo_ops"])
-        # (THP CREATE cleans 2 MiB blocks and 4 KiB COW'd pages: say so, not a byte count)
-        size = f"mixed sizes, mean {each / 1024:.0f}K," if odd else fmt_size(each)
-        parts.append(f"{stage['cmo_ops']} CMOs of {size} = {fmt_size(stage['cmo_bytes'])}"
+        sizes = {int(k): v for k, v in stage["cmo_by_size"].items()}
+        if len(sizes) == 1:
+            what = f"{stage['cmo_ops']} CMOs of {fmt_size(next(iter(sizes)))}"
+        else:  # (THP CREATE cleans 2 MiB blocks and 4 KiB pages: say how many of each)
+            what = (f"{stage['cmo_ops']} CMOs ("
+                    + ", ".join(f"{v} of {fmt_size(k)}" for k, v in sizes.items()) + ")")
+        parts.append(f"{what} = {fmt_size(stage['cmo_bytes'])}"
                      + (" cleaned in the fault handler under mmu_lock"
                         if cfg["variant_resolved"]["cmo"] == "fault" else " cleaned in map"))
+        large = cfg["large_page"]
+        if sizes.get(large) and cfg["size"] > large:
+            # per large page: what the stage repeats, comparable across sizes
+            parts.append(f"{sizes[large] * large / cfg['size']:.2f} CMOs of {fmt_size(large)} "
+                         f"per {fmt_size(large)} page")
     if stage["lock_contended"]:
         parts.append(f"mmu_lock contended {stage['lock_contended']} times, waited "
                      f"{fmt_ns(stage['lock_wait_ns'])} in all")
@@ -76,7 +84,7 @@ def build(data, results: list[dict], fits: list | None = None, scale: int = 1) -
                          "relative_error": (sim - pub) / pub,
                          "mechanism": mechanism(st, res["config"], other),
                          "counts": {k: st[k] for k in ("faults", "spurious_faults", "cmo_bytes",
-                                                       "cmo_ops", "lock_contended",
+                                                       "cmo_ops", "cmo_by_size", "lock_contended",
                                                        "lock_wait_ns", "invalid_windows",
                                                        "invalid_window_max_ns",
                                                        "host_bytes_zeroed",

@@ -3444,7 +3444,8 @@ def _heapkey(e):
 _METRIC_INTS = ("dsb", "cmo_bytes", "cmo_ops", "writes", "hw_writes", "pages_alloc",
                 "pages_freed", "teardown_entries", "accesses", "walks", "host_bytes_zeroed",
                 "windows", "window_total", "fault_ns_total")
-_METRIC_COUNTERS = ("faults_by_kind", "faults_by_level", "outcomes", "tlbi", "host_mm")
+_METRIC_COUNTERS = ("faults_by_kind", "faults_by_level", "outcomes", "tlbi", "host_mm",
+                    "cmo_sizes")
 
 
 def _group_of(wins: list, ipa: int) -> int:

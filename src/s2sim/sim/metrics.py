@@ -38,6 +38,7 @@ class StageMetrics:
         self.dsb = 0
         self.cmo_bytes = 0
         self.cmo_ops = 0
+        self.cmo_sizes: Counter = Counter()  # bytes per CMO -> how many
         self.writes = 0
         self.hw_writes = 0
         self.pages_alloc = 0
@@ -69,6 +70,7 @@ class StageMetrics:
             "dsb": self.dsb,
             "cmo_bytes": self.cmo_bytes,
             "cmo_ops": self.cmo_ops,
+            "cmo_by_size": {str(k): v for k, v in sorted(self.cmo_sizes.items(), reverse=True)},
             "descriptor_writes": self.writes,
             "hw_descriptor_writes": self.hw_writes,
             "table_pages_allocated": self.pages_alloc,
@@ -145,6 +147,7 @@ class Metrics:
         elif t is ev.Cmo:
             m.cmo_bytes += e.size
             m.cmo_ops += 1
+            m.cmo_sizes[e.size] += 1
         elif t is ev.PageAlloc:
             m.pages_alloc += 1
         elif t is ev.PageFree:
