@@ -160,7 +160,7 @@ def test_calibrate_is_reproducible_and_within_bounds(tmp_path):
 
 def test_robust_loss_lets_no_single_miss_drag_the_fit():
     # The pull of a residual falls once it is well past f_scale (10%) ...
-    pull = lambda r: (robust_cost([r + 1e-6]) - robust_cost([r])) / 1e-6  # noqa: E731
+    pull = lambda r: (robust_cost([r + 1e-6]) - robust_cost([r])) / 1e-6
     assert pull(0.9) < pull(0.1) / 3
     assert pull(0.05) > pull(0.01) > 0
     # ... so the seed data's one miss (THP v5.11 CREATE) cannot move the CMO

@@ -43,8 +43,7 @@ def robust_cost(r) -> float:
     """scipy's cost for LOSS: 0.5 * sum f^2 rho((r/f)^2)."""
     import numpy as np
     z = (np.asarray(r, dtype=float) / F_SCALE) ** 2
-    rho = {"cauchy": np.log1p, "soft_l1": lambda z: 2 * (np.sqrt(1 + z) - 1),
-           "linear": lambda z: z}[LOSS]
+    rho = {"cauchy": np.log1p, "soft_l1": lambda z: 2 * (np.sqrt(1 + z) - 1)}[LOSS]
     return float(0.5 * F_SCALE ** 2 * np.sum(rho(z)))
 
 
